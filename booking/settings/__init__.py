@@ -1,0 +1,1 @@
+"""Settings: ``base`` holds what every service shares; one small module per service."""

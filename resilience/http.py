@@ -1,0 +1,185 @@
+"""``ServiceClient``: HTTP calls to another service, each through that service's named policy.
+
+    ServiceClient("payments").post("/api/charges/", json=body, idempotency_key=key)
+
+returns the ``requests.Response`` for a 2xx, 3xx or 4xx answer. A connection error, a timeout
+or a 5xx (or a status listed in ``RETRY_ON_STATUS``) is a failure that the policy retries and
+counts, and that reaches the caller as a ``ResilienceError`` once the policy gives up.
+
+Each attempt is bounded as a whole: connect within ``TIMEOUT.CONNECT``, then the complete
+response within ``TIMEOUT.READ``, both capped by the deadline in force. ``requests``' own read
+timeout is per socket read, so a server that trickles a byte at a time never trips it; here
+the body is read chunk by chunk with the socket's timeout set to the time that is left.
+"""
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import requests
+import urllib3
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from resilience import deadline as deadlines
+from resilience import policies
+from resilience.clock import clock
+from resilience.exceptions import (
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from resilience.policy import Policy
+from resilience.retry import parse_retry_after
+
+# Safe to repeat by HTTP's definition; POST and PATCH only with an idempotency key.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+CHUNK = 64 * 1024
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """One session per thread: connection reuse without sharing a ``Session`` across threads."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+        session.trust_env = False  # calls between services never go through an HTTP proxy
+    return session
+
+
+class ServiceClient:
+    def __init__(self, service: str, *, policy: str | None = None) -> None:
+        self.service = service
+        self.policy_name = policy or service
+
+    def __repr__(self) -> str:
+        return f"<ServiceClient {self.service!r} policy={self.policy_name!r}>"
+
+    @property
+    def base_url(self) -> str:
+        services = getattr(settings, "SERVICES", {})
+        try:
+            return services[self.service].rstrip("/")
+        except KeyError:
+            raise ImproperlyConfigured(
+                f"No base URL for service {self.service!r}: add it to settings.SERVICES."
+            ) from None
+
+    @property
+    def policy(self) -> Policy:
+        return policies[self.policy_name]
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict | None = None,
+        headers: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        fallback: Callable[[Exception], Any] | None = None,
+    ) -> requests.Response:
+        method = method.upper()
+        headers = dict(headers or {})
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
+        policy = self.policy
+        return policy.call(
+            self._attempt,
+            policy,
+            method,
+            self.url(path),
+            headers,
+            params,
+            json,
+            fallback=fallback,
+            idempotent=method in IDEMPOTENT_METHODS or idempotency_key is not None,
+        )
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs) -> requests.Response:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def _attempt(self, policy: Policy, method: str, url: str, headers: dict, params, json):
+        connect, read = policy.attempt_timeout()
+        until = clock.now() + connect + read
+        if policy.enabled:
+            current = deadlines.current()
+            if current is not None:
+                until = min(until, current.expires_at)
+                headers = {**headers, deadlines.HEADER: current.header_value()}
+        try:
+            response = _session().request(
+                method, url, headers=headers, params=params, json=json,
+                timeout=(connect, read), stream=True, allow_redirects=False,
+            )
+            _read_body(response, until)
+        except requests.Timeout as exc:
+            raise UpstreamTimeoutError(f"{method} {url}: {exc}", policy=policy.name) from exc
+        except requests.ConnectionError as exc:
+            raise UpstreamConnectionError(f"{method} {url}: {exc}", policy=policy.name) from exc
+        except requests.RequestException as exc:
+            error = UpstreamError(f"{method} {url}: {exc}", policy=policy.name)
+            error.retryable = False
+            raise error from exc
+        status = response.status_code
+        retry_on = policy.config.retry.retry_on_status
+        if status >= 500 or status in retry_on:
+            raise UpstreamStatusError(
+                f"{method} {url} answered {status}",
+                policy=policy.name,
+                response=response,
+                retryable=status in retry_on,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        return response
+
+
+def _read_body(response: requests.Response, until: float) -> None:
+    """Read the whole body by ``until`` (a ``clock`` time), whatever pace the server keeps."""
+    raw = response.raw
+    connection = getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    chunks = []
+    try:
+        while True:
+            left = until - clock.now()
+            if left <= 0:
+                raise UpstreamTimeoutError(f"{response.url}: response not complete in time")
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = raw.read1(CHUNK, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout) as exc:
+        response.close()
+        raise UpstreamTimeoutError(f"{response.url}: response not complete in time") from exc
+    except UpstreamTimeoutError:
+        response.close()
+        raise
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        response.close()
+        raise UpstreamConnectionError(f"{response.url}: {exc}") from exc
+    response._content = b"".join(chunks)
+    response._content_consumed = True
+    response.close()  # body read in full: this returns the connection to the pool

@@ -1,0 +1,41 @@
+"""Honour the caller's deadline: drop work that can no longer be useful, bound the rest."""
+
+from django.http import JsonResponse
+
+from resilience import deadline as deadlines
+from resilience.clock import clock
+
+# Beyond a day the header is a mistake, not a deadline.
+MAX_DEADLINE_MS = 86_400_000
+
+
+class DeadlineMiddleware:
+    """Reads ``X-Deadline-Remaining-Ms``; 504 if it is spent, else puts every outbound call under it."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        raw = request.META.get(deadlines.META_KEY)
+        if raw is None:
+            return self.get_response(request)
+        try:
+            remaining_ms = int(raw.strip())
+        except ValueError:
+            remaining_ms = None
+        if remaining_ms is None or remaining_ms > MAX_DEADLINE_MS:
+            return JsonResponse(
+                {"code": "invalid_deadline",
+                 "message": f"{deadlines.HEADER} must be a whole number of milliseconds up to "
+                            f"{MAX_DEADLINE_MS}, got {raw!r}."},
+                status=400,
+            )
+        if remaining_ms <= 0:
+            return JsonResponse(
+                {"code": "deadline_exceeded",
+                 "message": "The caller's deadline passed before this request could be served."},
+                status=504,
+            )
+        request.deadline_remaining_ms = remaining_ms
+        with deadlines.scope(remaining_ms / 1000, clock=clock):
+            return self.get_response(request)
