@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 import pybreaker
 
 from resilience import metrics
-from resilience.clock import Clock, clock as default_clock
+from resilience.clock import Clock
+from resilience.clock import clock as default_clock
 from resilience.conf import BreakerConfig
 from resilience.exceptions import BusinessError, CircuitOpenError, UpstreamStatusError
 from resilience.storage import (
@@ -260,10 +261,13 @@ class CircuitBreaker:
         done, failures, slows = tally
         failure_rate, slow_rate = 100.0 * failures / done, 100.0 * slows / done
         if failure_rate >= cfg.failure_rate_threshold or slow_rate >= cfg.slow_call_rate_threshold:
-            self._transition(HALF_OPEN, OPEN,
-                             reason=f"{failures} of {done} trial calls failed, {slows} slow")
+            self._transition(
+                HALF_OPEN, OPEN, reason=f"{failures} of {done} trial calls failed, {slows} slow"
+            )
         else:
-            self._transition(HALF_OPEN, CLOSED, reason=f"{done - failures} of {done} trial calls succeeded")
+            self._transition(
+                HALF_OPEN, CLOSED, reason=f"{done - failures} of {done} trial calls succeeded"
+            )
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``fn`` through the breaker: ``CircuitOpenError`` if not permitted, else its result."""

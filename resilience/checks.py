@@ -12,10 +12,16 @@ def check_policies(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     ]
     services = getattr(settings, "SERVICES", {})
     if not isinstance(services, dict):
-        errors.append(checks.Error("SERVICES must be a dict of name -> base URL.", id="resilience.E007"))
+        errors.append(
+            checks.Error("SERVICES must be a dict of name -> base URL.", id="resilience.E007")
+        )
     else:
         for name, url in services.items():
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                errors.append(checks.Error(f"SERVICES[{name!r}] must be an http(s) URL, got {url!r}.",
-                                           id="resilience.E007"))
+                errors.append(
+                    checks.Error(
+                        f"SERVICES[{name!r}] must be an http(s) URL, got {url!r}.",
+                        id="resilience.E007",
+                    )
+                )
     return errors

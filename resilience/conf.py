@@ -198,42 +198,61 @@ def _check_values(name: str, cfg: dict) -> list[Problem]:
     attempts_ok = positive("RETRY.MAX_ATTEMPTS", retry["MAX_ATTEMPTS"], integer=True)
     initial_ok = positive("RETRY.BACKOFF_INITIAL", retry["BACKOFF_INITIAL"], allow_zero=True)
     if not (_number(retry["BACKOFF_MULTIPLIER"]) and retry["BACKOFF_MULTIPLIER"] >= 1):
-        bad("RETRY.BACKOFF_MULTIPLIER", f"must be a number >= 1, got {retry['BACKOFF_MULTIPLIER']!r}.")
+        bad(
+            "RETRY.BACKOFF_MULTIPLIER",
+            f"must be a number >= 1, got {retry['BACKOFF_MULTIPLIER']!r}.",
+        )
     max_ok = positive("RETRY.BACKOFF_MAX", retry["BACKOFF_MAX"], allow_zero=True)
     if initial_ok and max_ok and retry["BACKOFF_MAX"] < retry["BACKOFF_INITIAL"]:
         bad("RETRY.BACKOFF_MAX", "must not be smaller than BACKOFF_INITIAL.")
-    if attempts_ok and initial_ok and deadline_ok and connect_ok and read_ok:
-        if retry["MAX_ATTEMPTS"] > 1 and retry["BACKOFF_INITIAL"] >= cfg["DEADLINE"]:
-            bad(
-                "RETRY.BACKOFF_INITIAL",
-                f"the first backoff ({retry['BACKOFF_INITIAL']:g} s) cannot fit in the DEADLINE "
-                f"({cfg['DEADLINE']:g} s): no retry could ever run. Lower the backoff or set "
-                "MAX_ATTEMPTS to 1.",
-                "resilience.E004",
-            )
+    if (
+        attempts_ok
+        and initial_ok
+        and deadline_ok
+        and retry["MAX_ATTEMPTS"] > 1
+        and retry["BACKOFF_INITIAL"] >= cfg["DEADLINE"]
+    ):
+        bad(
+            "RETRY.BACKOFF_INITIAL",
+            f"the first backoff ({retry['BACKOFF_INITIAL']:g} s) cannot fit in the DEADLINE "
+            f"({cfg['DEADLINE']:g} s): no retry could ever run. Lower the backoff or set "
+            "MAX_ATTEMPTS to 1.",
+            "resilience.E004",
+        )
     statuses = retry["RETRY_ON_STATUS"]
     if not isinstance(statuses, list | tuple | set | frozenset) or not all(
         isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
     ):
         bad("RETRY.RETRY_ON_STATUS", f"must be a list of HTTP status codes, got {statuses!r}.")
     elif any(400 <= s < 500 and s not in (408, 425, 429) for s in statuses):
-        bad("RETRY.RETRY_ON_STATUS", "must not list a 4xx other than 408, 425 or 429: a client "
-            "error is never transient.")
+        bad(
+            "RETRY.RETRY_ON_STATUS",
+            "must not list a 4xx other than 408, 425 or 429: a client error is never transient.",
+        )
     if not (_number(retry["BUDGET_RATIO"]) and 0 <= retry["BUDGET_RATIO"] <= 1):
         bad("RETRY.BUDGET_RATIO", f"must be a number from 0 to 1, got {retry['BUDGET_RATIO']!r}.")
-    positive("RETRY.BUDGET_MIN_RETRIES_PER_SECOND", retry["BUDGET_MIN_RETRIES_PER_SECOND"],
-             allow_zero=True)
+    positive(
+        "RETRY.BUDGET_MIN_RETRIES_PER_SECOND",
+        retry["BUDGET_MIN_RETRIES_PER_SECOND"],
+        allow_zero=True,
+    )
     positive("RETRY.BUDGET_WINDOW", retry["BUDGET_WINDOW"])
 
     for key in ("FAILURE_RATE_THRESHOLD", "SLOW_CALL_RATE_THRESHOLD"):
         value = breaker[key]
         if not (_number(value) and 0 < value <= 100):
             bad(f"CIRCUIT_BREAKER.{key}", f"must be a percentage in (0, 100], got {value!r}.")
-    window_ok = positive("CIRCUIT_BREAKER.SLIDING_WINDOW_SIZE", breaker["SLIDING_WINDOW_SIZE"],
-                         integer=True)
-    minimum_ok = positive("CIRCUIT_BREAKER.MINIMUM_NUMBER_OF_CALLS",
-                          breaker["MINIMUM_NUMBER_OF_CALLS"], integer=True)
-    if window_ok and minimum_ok and breaker["SLIDING_WINDOW_SIZE"] < breaker["MINIMUM_NUMBER_OF_CALLS"]:
+    window_ok = positive(
+        "CIRCUIT_BREAKER.SLIDING_WINDOW_SIZE", breaker["SLIDING_WINDOW_SIZE"], integer=True
+    )
+    minimum_ok = positive(
+        "CIRCUIT_BREAKER.MINIMUM_NUMBER_OF_CALLS", breaker["MINIMUM_NUMBER_OF_CALLS"], integer=True
+    )
+    if (
+        window_ok
+        and minimum_ok
+        and breaker["SLIDING_WINDOW_SIZE"] < breaker["MINIMUM_NUMBER_OF_CALLS"]
+    ):
         bad(
             "CIRCUIT_BREAKER.SLIDING_WINDOW_SIZE",
             f"the window of {breaker['SLIDING_WINDOW_SIZE']} calls is smaller than "
@@ -243,17 +262,26 @@ def _check_values(name: str, cfg: dict) -> list[Problem]:
         )
     positive("CIRCUIT_BREAKER.SLOW_CALL_DURATION", breaker["SLOW_CALL_DURATION"])
     positive("CIRCUIT_BREAKER.WAIT_DURATION_IN_OPEN_STATE", breaker["WAIT_DURATION_IN_OPEN_STATE"])
-    positive("CIRCUIT_BREAKER.PERMITTED_CALLS_IN_HALF_OPEN_STATE",
-             breaker["PERMITTED_CALLS_IN_HALF_OPEN_STATE"], integer=True)
+    positive(
+        "CIRCUIT_BREAKER.PERMITTED_CALLS_IN_HALF_OPEN_STATE",
+        breaker["PERMITTED_CALLS_IN_HALF_OPEN_STATE"],
+        integer=True,
+    )
     storage = breaker["STORAGE"]
     if storage is not None and (
         not isinstance(storage, str) or urlparse(storage).scheme not in ("redis", "rediss", "unix")
     ):
-        bad("CIRCUIT_BREAKER.STORAGE", f"must be None or a redis:// URL, got {storage!r}.",
-            "resilience.E006")
+        bad(
+            "CIRCUIT_BREAKER.STORAGE",
+            f"must be None or a redis:// URL, got {storage!r}.",
+            "resilience.E006",
+        )
     ignore = breaker["IGNORE_EXCEPTIONS"]
     if not isinstance(ignore, list | tuple):
-        bad("CIRCUIT_BREAKER.IGNORE_EXCEPTIONS", "must be a list of exception classes or dotted paths.")
+        bad(
+            "CIRCUIT_BREAKER.IGNORE_EXCEPTIONS",
+            "must be a list of exception classes or dotted paths.",
+        )
     else:
         for item in ignore:
             try:
@@ -289,8 +317,13 @@ def validate(raw: dict | None = None) -> list[Problem]:
     """Every problem in ``RESILIENCE_POLICIES``, each naming the key at fault."""
     raw = raw_policies() if raw is None else raw
     if not isinstance(raw, dict):
-        return [Problem("", f"must be a dict of named policies, got {type(raw).__name__}.",
-                        "resilience.E002")]
+        return [
+            Problem(
+                "",
+                f"must be a dict of named policies, got {type(raw).__name__}.",
+                "resilience.E002",
+            )
+        ]
     problems = _check_keys(raw)
     if problems:
         return problems

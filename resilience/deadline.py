@@ -11,7 +11,8 @@ import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from resilience.clock import Clock, clock as default_clock
+from resilience.clock import Clock
+from resilience.clock import clock as default_clock
 from resilience.exceptions import DeadlineExceededError
 
 HEADER = "X-Deadline-Remaining-Ms"

@@ -44,8 +44,15 @@ class UpstreamTimeoutError(UpstreamError):
 class UpstreamStatusError(UpstreamError):
     """The dependency answered with a 5xx, or a status listed in ``RETRY_ON_STATUS``."""
 
-    def __init__(self, message: str = "", *, policy=None, response=None, retryable=False,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        policy=None,
+        response=None,
+        retryable=False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, policy=policy)
         self.response = response
         self.retryable = retryable

@@ -12,7 +12,6 @@ timeout is per socket read, so a server that trickles a byte at a time never tri
 the body is read chunk by chunk with the socket's timeout set to the time that is left.
 """
 
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -129,8 +128,14 @@ class ServiceClient:
                 headers = {**headers, deadlines.HEADER: current.header_value()}
         try:
             response = _session().request(
-                method, url, headers=headers, params=params, json=json,
-                timeout=(connect, read), stream=True, allow_redirects=False,
+                method,
+                url,
+                headers=headers,
+                params=params,
+                json=json,
+                timeout=(connect, read),
+                stream=True,
+                allow_redirects=False,
             )
             _read_body(response, until)
         except requests.Timeout as exc:
@@ -171,7 +176,7 @@ def _read_body(response: requests.Response, until: float) -> None:
             if not chunk:
                 break
             chunks.append(chunk)
-    except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout) as exc:
+    except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
         response.close()
         raise UpstreamTimeoutError(f"{response.url}: response not complete in time") from exc
     except UpstreamTimeoutError:

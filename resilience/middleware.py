@@ -25,15 +25,19 @@ class DeadlineMiddleware:
             remaining_ms = None
         if remaining_ms is None or remaining_ms > MAX_DEADLINE_MS:
             return JsonResponse(
-                {"code": "invalid_deadline",
-                 "message": f"{deadlines.HEADER} must be a whole number of milliseconds up to "
-                            f"{MAX_DEADLINE_MS}, got {raw!r}."},
+                {
+                    "code": "invalid_deadline",
+                    "message": f"{deadlines.HEADER} must be a whole number of milliseconds up to "
+                    f"{MAX_DEADLINE_MS}, got {raw!r}.",
+                },
                 status=400,
             )
         if remaining_ms <= 0:
             return JsonResponse(
-                {"code": "deadline_exceeded",
-                 "message": "The caller's deadline passed before this request could be served."},
+                {
+                    "code": "deadline_exceeded",
+                    "message": "The caller's deadline passed before this request could be served.",
+                },
                 status=504,
             )
         request.deadline_remaining_ms = remaining_ms

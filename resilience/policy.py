@@ -8,7 +8,8 @@ from resilience import deadline as deadlines
 from resilience import metrics
 from resilience.breaker import CircuitBreaker
 from resilience.bulkhead import Bulkhead
-from resilience.clock import Clock, clock as default_clock
+from resilience.clock import Clock
+from resilience.clock import clock as default_clock
 from resilience.conf import BASELINE_TIMEOUT, PolicyConfig
 from resilience.exceptions import (
     BusinessError,
@@ -32,10 +33,12 @@ class Policy:
         self.name = config.name
         self.config = config
         self.clock = clock
-        self.bulkhead = Bulkhead(config.name, config.bulkhead.max_concurrent_calls,
-                                 config.bulkhead.max_wait)
-        self.breaker = CircuitBreaker(config.name, config.circuit_breaker, clock=clock,
-                                      namespace=namespace)
+        self.bulkhead = Bulkhead(
+            config.name, config.bulkhead.max_concurrent_calls, config.bulkhead.max_wait
+        )
+        self.breaker = CircuitBreaker(
+            config.name, config.circuit_breaker, clock=clock, namespace=namespace
+        )
         self.retry_budget = RetryBudget(config.retry, clock)
         self._rng = rng or random.Random()
 
@@ -75,7 +78,10 @@ class Policy:
             return fn(*args, **kwargs)
         start = self.clock.now()
         try:
-            with self.bulkhead.acquire(), deadlines.scope(self.config.deadline, clock=self.clock) as dl:
+            with (
+                self.bulkhead.acquire(),
+                deadlines.scope(self.config.deadline, clock=self.clock) as dl,
+            ):
                 result = self._retrying(fn, args, kwargs, dl, idempotent)
         except Exception as exc:
             elapsed = self.clock.now() - start
@@ -90,7 +96,6 @@ class Policy:
         return result
 
     def _retrying(self, fn, args, kwargs, dl: deadlines.Deadline, idempotent: bool):
-        cfg = self.config.retry
         self.retry_budget.record_call()
         attempt = 1
         while True:
@@ -123,8 +128,9 @@ class Policy:
                 self._count(attempt, ok=True)
                 return result
 
-    def _next_delay(self, exc: Exception, attempt: int, dl: deadlines.Deadline,
-                    idempotent: bool) -> float | None:
+    def _next_delay(
+        self, exc: Exception, attempt: int, dl: deadlines.Deadline, idempotent: bool
+    ) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` when there must not be one."""
         cfg = self.config.retry
         if not idempotent or attempt >= cfg.max_attempts or not is_transient(exc):
@@ -141,7 +147,9 @@ class Policy:
         return delay
 
     def _count(self, attempts: int, *, ok: bool) -> None:
-        kind = ("successful" if ok else "failed") + ("_with_retry" if attempts > 1 else "_without_retry")
+        kind = ("successful" if ok else "failed") + (
+            "_with_retry" if attempts > 1 else "_without_retry"
+        )
         metrics.retry_calls.labels(self.name, kind).inc()
 
     def reset(self) -> None:

@@ -50,7 +50,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 def backoff(config: RetryConfig, retry_number: int, rng: random.Random | None = None) -> float:
     """Full-jitter exponential backoff before retry ``retry_number`` (1 for the first retry)."""
-    cap = min(config.backoff_max, config.backoff_initial * config.backoff_multiplier ** (retry_number - 1))
+    cap = min(
+        config.backoff_max, config.backoff_initial * config.backoff_multiplier ** (retry_number - 1)
+    )
     return (rng or random).uniform(0, cap)
 
 

@@ -162,9 +162,18 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
             self._fallback_circuit_state = CLOSED
             self._cluster_mode = False
             self._unavailable("initialise")
-        keys = {k: self._namespace(k) for k in
-                ("state", "opened_at_ms", "trials_started", "trials_done", "trials_failed",
-                 "trials_slow", "mode")}
+        keys = {
+            k: self._namespace(k)
+            for k in (
+                "state",
+                "opened_at_ms",
+                "trials_started",
+                "trials_done",
+                "trials_failed",
+                "trials_slow",
+                "mode",
+            )
+        }
         self._keys = keys
         self._transition = client.register_script(_TRANSITION)
         self._acquire = client.register_script(_ACQUIRE_TRIAL)
@@ -174,14 +183,19 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
     def _unavailable(self, operation: str) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
-            logger.error("Redis unreachable for circuit-breaker state (%s, %s): using this "
-                         "process's own state until it is back.", self._namespace_name, operation)
+            logger.error(
+                "Redis unreachable for circuit-breaker state (%s, %s): using this "
+                "process's own state until it is back.",
+                self._namespace_name,
+                operation,
+            )
 
     def _recovered(self) -> None:
         if self._down_since is not None:
             self._down_since = None
-            logger.warning("Redis reachable again for circuit-breaker state (%s).",
-                           self._namespace_name)
+            logger.warning(
+                "Redis reachable again for circuit-breaker state (%s).", self._namespace_name
+            )
 
     def snapshot(self) -> tuple[str, str]:
         k = self._keys
@@ -211,8 +225,14 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
 
     def transition(self, expected: str | None, new: str, *, wait: float = 0.0) -> bool:
         k = self._keys
-        keys = [k["state"], k["opened_at_ms"], k["trials_started"], k["trials_done"],
-                k["trials_failed"], k["trials_slow"]]
+        keys = [
+            k["state"],
+            k["opened_at_ms"],
+            k["trials_started"],
+            k["trials_done"],
+            k["trials_failed"],
+            k["trials_slow"],
+        ]
         try:
             done = bool(self._transition(keys=keys, args=[expected or "", new, int(wait * 1000)]))
         except RedisError:
@@ -224,8 +244,11 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
 
     def acquire_trial(self, permitted: int) -> bool:
         try:
-            return bool(self._acquire(keys=[self._keys["state"], self._keys["trials_started"]],
-                                      args=[permitted]))
+            return bool(
+                self._acquire(
+                    keys=[self._keys["state"], self._keys["trials_started"]], args=[permitted]
+                )
+            )
         except RedisError:
             self._unavailable("acquire_trial")
             return self._local.acquire_trial(permitted)

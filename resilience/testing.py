@@ -14,8 +14,9 @@ import contextlib
 from collections.abc import Iterator
 
 from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
 
-from resilience import policies
+from resilience import metrics, policies
 from resilience.clock import Clock, VirtualClock, clock
 
 
@@ -23,6 +24,13 @@ def reset() -> None:
     """Reset the state of every policy built so far in this process."""
     for policy in policies.all(initialized_only=True):
         policy.reset()
+
+
+def reset_metrics() -> None:
+    """Forget every sample of the resilience metrics in this process."""
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            value.clear()
 
 
 def set_testing(enabled: bool) -> VirtualClock | None:
@@ -45,6 +53,6 @@ def virtual_time() -> Iterator[VirtualClock]:
         clock.target = previous
 
 
-def metric(name: str, **labels: str) -> float:
+def metric(metric_name: str, /, **labels: str) -> float:
     """The current value of a metric sample in this process (0.0 when it was never set)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return REGISTRY.get_sample_value(metric_name, labels) or 0.0

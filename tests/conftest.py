@@ -46,6 +46,7 @@ def upstream(upstream_server):
 def resilience_test_mode():
     """Every test: fresh policy state, and virtual time so that no backoff really sleeps."""
     testing.reset()
+    testing.reset_metrics()
     with testing.virtual_time() as clock:
         yield clock
     testing.reset()

@@ -89,8 +89,13 @@ class Upstream:
                 body = self.rfile.read(length) if length else b""
                 with upstream._lock:
                     upstream.requests.append(
-                        {"method": self.command, "path": parsed.path,
-                         "headers": dict(self.headers), "body": body, "at": time.monotonic()}
+                        {
+                            "method": self.command,
+                            "path": parsed.path,
+                            "headers": dict(self.headers),
+                            "body": body,
+                            "at": time.monotonic(),
+                        }
                     )
                 parts = parsed.path.strip("/").split("/")
                 kind = parts[0]
@@ -98,7 +103,9 @@ class Upstream:
                     if kind == "ok":
                         self._send(200, {"ok": True})
                     elif kind == "status":
-                        extra = {"Retry-After": query["retry_after"]} if "retry_after" in query else {}
+                        extra = (
+                            {"Retry-After": query["retry_after"]} if "retry_after" in query else {}
+                        )
                         self._send(int(parts[1]), {"status": int(parts[1])}, extra)
                     elif kind == "delay":
                         time.sleep(float(parts[1]))
@@ -115,8 +122,14 @@ class Upstream:
                             answer = 200
                         self._send(int(answer), {"status": int(answer)})
                     elif kind == "echo":
-                        self._send(200, {"method": self.command, "headers": dict(self.headers),
-                                         "body": body.decode()})
+                        self._send(
+                            200,
+                            {
+                                "method": self.command,
+                                "headers": dict(self.headers),
+                                "body": body.decode(),
+                            },
+                        )
                     else:
                         self._send(404, {"code": "not_found"})
                 except (BrokenPipeError, ConnectionResetError):

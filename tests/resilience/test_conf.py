@@ -22,8 +22,12 @@ def test_shipped_settings_pass_the_checks():
 
 def test_a_typo_in_a_key_is_named_with_a_suggestion():
     found = errors({"payments": {"RETRYS": {"MAX_ATTEMPTS": 2}}})
-    assert found == [("resilience.E001",
-                      "RESILIENCE_POLICIES[payments]: unknown key 'RETRYS'. Did you mean 'RETRY'?")]
+    assert found == [
+        (
+            "resilience.E001",
+            "RESILIENCE_POLICIES[payments]: unknown key 'RETRYS'. Did you mean 'RETRY'?",
+        )
+    ]
 
 
 def test_a_typo_inside_a_section_is_named_with_its_path():
@@ -37,16 +41,38 @@ def test_a_typo_inside_a_section_is_named_with_its_path():
     [
         ({"RETRY": {"MAX_ATTEMPTS": 0}}, "resilience.E002", "RETRY.MAX_ATTEMPTS"),
         ({"RETRY": {"MAX_ATTEMPTS": 2.5}}, "resilience.E002", "whole number"),
-        ({"TIMEOUT": {"READ": 5.0}, "DEADLINE": 2.0}, "resilience.E003", "longer than the DEADLINE"),
-        ({"RETRY": {"BACKOFF_INITIAL": 3.0, "BACKOFF_MAX": 3.0}, "DEADLINE": 3.0,
-          "TIMEOUT": {"CONNECT": 0.5, "READ": 1.0}}, "resilience.E004", "cannot fit"),
-        ({"CIRCUIT_BREAKER": {"SLIDING_WINDOW_SIZE": 4, "MINIMUM_NUMBER_OF_CALLS": 5}},
-         "resilience.E005", "never trip"),
+        (
+            {"TIMEOUT": {"READ": 5.0}, "DEADLINE": 2.0},
+            "resilience.E003",
+            "longer than the DEADLINE",
+        ),
+        (
+            {
+                "RETRY": {"BACKOFF_INITIAL": 3.0, "BACKOFF_MAX": 3.0},
+                "DEADLINE": 3.0,
+                "TIMEOUT": {"CONNECT": 0.5, "READ": 1.0},
+            },
+            "resilience.E004",
+            "cannot fit",
+        ),
+        (
+            {"CIRCUIT_BREAKER": {"SLIDING_WINDOW_SIZE": 4, "MINIMUM_NUMBER_OF_CALLS": 5}},
+            "resilience.E005",
+            "never trip",
+        ),
         ({"CIRCUIT_BREAKER": {"STORAGE": "memcached://x"}}, "resilience.E006", "redis://"),
         ({"CIRCUIT_BREAKER": {"FAILURE_RATE_THRESHOLD": 0}}, "resilience.E002", "percentage"),
         ({"RETRY": {"RETRY_ON_STATUS": [404]}}, "resilience.E002", "never transient"),
-        ({"CIRCUIT_BREAKER": {"IGNORE_EXCEPTIONS": ["no.such.Error"]}}, "resilience.E002", "no.such"),
-        ({"BULKHEAD": {"MAX_CONCURRENT_CALLS": 0}}, "resilience.E002", "BULKHEAD.MAX_CONCURRENT_CALLS"),
+        (
+            {"CIRCUIT_BREAKER": {"IGNORE_EXCEPTIONS": ["no.such.Error"]}},
+            "resilience.E002",
+            "no.such",
+        ),
+        (
+            {"BULKHEAD": {"MAX_CONCURRENT_CALLS": 0}},
+            "resilience.E002",
+            "BULKHEAD.MAX_CONCURRENT_CALLS",
+        ),
         ({"ENABLED": "yes"}, "resilience.E002", "True or False"),
     ],
 )
@@ -58,9 +84,12 @@ def test_impossible_values_are_rejected(policy, expected_id, fragment):
 
 
 def test_manage_py_check_fails_on_a_bad_policy():
-    with override_settings(RESILIENCE_POLICIES={"payments": {"RETRY": {"MAX_ATTEMPTS": 0}}}):
-        with pytest.raises(SystemCheckError, match="MAX_ATTEMPTS"):
-            call_command("check")
+    bad = {"payments": {"RETRY": {"MAX_ATTEMPTS": 0}}}
+    with (
+        override_settings(RESILIENCE_POLICIES=bad),
+        pytest.raises(SystemCheckError, match="MAX_ATTEMPTS"),
+    ):
+        call_command("check")
 
 
 def test_default_entry_is_merged_under_each_policy_section_by_section():
@@ -69,7 +98,11 @@ def test_default_entry_is_merged_under_each_policy_section_by_section():
         "payments": {"RETRY": {"BACKOFF_INITIAL": 0.5}},
     }
     config = conf.build_config("payments", raw)
-    assert (config.retry.max_attempts, config.retry.backoff_initial, config.deadline) == (5, 0.5, 8.0)
+    assert (config.retry.max_attempts, config.retry.backoff_initial, config.deadline) == (
+        5,
+        0.5,
+        8.0,
+    )
     assert config.retry.backoff_max == conf.DEFAULTS["RETRY"]["BACKOFF_MAX"]
 
 
@@ -90,7 +123,7 @@ def test_policies_are_built_once_per_process_and_rebuilt_when_settings_change(se
 
 def test_an_unknown_policy_name_is_a_clear_error(settings):
     settings.RESILIENCE_POLICIES = {"payments": {}}
-    with pytest.raises(InvalidPolicyError, match="'paymnets'.*configured: payments"):
+    with pytest.raises(InvalidPolicyError, match=r"'paymnets'.*configured: payments"):
         policies["paymnets"]
 
 

@@ -1,0 +1,187 @@
+"""Retry: only transient failures, only when safe, within the deadline and the retry budget."""
+
+import random
+import socket
+
+import pytest
+
+from resilience import conf, testing
+from resilience.exceptions import (
+    BulkheadFullError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    UpstreamConnectionError,
+    UpstreamStatusError,
+)
+from resilience.http import ServiceClient
+from resilience.retry import backoff, parse_retry_after
+
+
+def test_a_transient_status_is_retried_until_it_succeeds(make_policy, upstream):
+    make_policy(RETRY={"MAX_ATTEMPTS": 3})
+    upstream.script([503, 502])
+    assert ServiceClient("upstream").get("/script").status_code == 200
+    assert upstream.count("/script") == 3
+    assert (
+        testing.metric(
+            "resilience_retry_calls_total", name="upstream", kind="successful_with_retry"
+        )
+        == 1
+    )
+
+
+def test_attempts_stop_at_max_attempts(make_policy, upstream):
+    make_policy(RETRY={"MAX_ATTEMPTS": 3})
+    with pytest.raises(UpstreamStatusError) as info:
+        ServiceClient("upstream").get("/status/503")
+    assert info.value.status_code == 503
+    assert upstream.count("/status") == 3
+
+
+def test_a_4xx_is_never_retried_and_is_returned(make_policy, upstream):
+    make_policy()
+    response = ServiceClient("upstream").get("/status/409")
+    assert response.status_code == 409
+    assert upstream.count("/status") == 1
+
+
+def test_a_500_counts_as_failure_but_is_not_retried(make_policy, upstream):
+    make_policy()
+    with pytest.raises(UpstreamStatusError):
+        ServiceClient("upstream").get("/status/500")
+    assert upstream.count("/status") == 1
+
+
+def test_connection_refused_is_retried(make_policy, settings):
+    policy = make_policy(RETRY={"MAX_ATTEMPTS": 3})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings.SERVICES = {**settings.SERVICES, "upstream": f"http://127.0.0.1:{port}"}
+    with pytest.raises(UpstreamConnectionError):
+        ServiceClient("upstream").get("/ok")
+    assert testing.metric("resilience_retry_attempts_total", name=policy.name) == 2
+
+
+def test_a_post_without_idempotency_key_is_tried_once(make_policy, upstream):
+    make_policy(RETRY={"MAX_ATTEMPTS": 3})
+    upstream.script([503, 503])
+    with pytest.raises(UpstreamStatusError):
+        ServiceClient("upstream").post("/script", json={"amount": 10})
+    assert upstream.count("/script") == 1
+
+
+def test_a_post_with_idempotency_key_is_retried_with_the_same_key(make_policy, upstream):
+    make_policy(RETRY={"MAX_ATTEMPTS": 3})
+    upstream.script([503, 504])
+    response = ServiceClient("upstream").post(
+        "/script", json={"amount": 10}, idempotency_key="order-7"
+    )
+    assert response.status_code == 200
+    keys = [r["headers"].get("Idempotency-Key") for r in upstream.requests]
+    assert keys == ["order-7", "order-7", "order-7"]
+    assert {r["body"] for r in upstream.requests} == {b'{"amount": 10}'}
+
+
+def test_retry_after_is_honoured(make_policy, upstream, resilience_test_mode):
+    make_policy(
+        RETRY={"MAX_ATTEMPTS": 2, "BACKOFF_INITIAL": 0.01, "BACKOFF_MAX": 0.01}, DEADLINE=5.0
+    )
+    with pytest.raises(UpstreamStatusError):
+        ServiceClient("upstream").get("/status/429?retry_after=2")
+    assert upstream.count("/status") == 2
+    assert resilience_test_mode.sleeps == [2.0]
+
+
+def test_retry_after_beyond_the_deadline_ends_the_call(make_policy, upstream, resilience_test_mode):
+    make_policy(DEADLINE=3.0)
+    with pytest.raises(UpstreamStatusError):
+        ServiceClient("upstream").get("/status/503?retry_after=10")
+    assert upstream.count("/status") == 1
+    assert resilience_test_mode.sleeps == []
+
+
+def test_retries_never_outlast_the_deadline(make_policy, upstream, resilience_test_mode):
+    make_policy(
+        DEADLINE=2.0,
+        TIMEOUT={"CONNECT": 0.5, "READ": 1.0},
+        RETRY={
+            "MAX_ATTEMPTS": 100,
+            "BACKOFF_INITIAL": 0.5,
+            "BACKOFF_MAX": 0.5,
+            "BACKOFF_MULTIPLIER": 1.0,
+            "BUDGET_MIN_RETRIES_PER_SECOND": 10,
+        },
+        CIRCUIT_BREAKER={"SLIDING_WINDOW_SIZE": 100, "MINIMUM_NUMBER_OF_CALLS": 100},
+    )
+    with pytest.raises((UpstreamStatusError, DeadlineExceededError)):
+        ServiceClient("upstream").get("/status/503")
+    # Only the deadline can have stopped it: 100 attempts at <= 0.5 s backoff cannot fit in 2 s.
+    assert sum(resilience_test_mode.sleeps) < 2.0
+    assert upstream.count("/status") == len(resilience_test_mode.sleeps) + 1 < 100
+
+
+def test_no_retry_after_circuit_open_or_bulkhead_full(make_policy, upstream):
+    policy = make_policy(RETRY={"MAX_ATTEMPTS": 5})
+    policy.breaker.force_open()
+    with pytest.raises(CircuitOpenError):
+        ServiceClient("upstream").get("/ok")
+    assert testing.metric("resilience_retry_attempts_total", name="upstream") == 0
+    policy.breaker.force_closed()
+    calls = []
+
+    def inner():
+        calls.append(1)
+        raise BulkheadFullError("inner bulkhead full")
+
+    with pytest.raises(BulkheadFullError):
+        policy.call(inner)
+    assert calls == [1]
+
+
+def test_backoff_is_full_jitter_under_an_exponential_cap():
+    config = conf.build_config(
+        "p",
+        {"p": {"RETRY": {"BACKOFF_INITIAL": 0.1, "BACKOFF_MULTIPLIER": 2.0, "BACKOFF_MAX": 0.5}}},
+    ).retry
+    rng = random.Random(1)
+    for retry_number, cap in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.5), (8, 0.5)]:
+        samples = [backoff(config, retry_number, rng) for _ in range(500)]
+        assert all(0 <= s <= cap for s in samples)
+        assert max(samples) > cap * 0.9 and min(samples) < cap * 0.1
+
+
+def test_retry_after_parses_seconds_and_http_dates():
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:05 GMT", now=now) == 5.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_the_retry_budget_caps_retries_to_a_ratio_of_calls(make_policy, upstream):
+    """A dependency failing every call gets at most (1 + ratio) x calls + a small floor."""
+    make_policy(
+        RETRY={
+            "MAX_ATTEMPTS": 3,
+            "BUDGET_RATIO": 0.2,
+            "BUDGET_MIN_RETRIES_PER_SECOND": 0.5,
+            "BUDGET_WINDOW": 10.0,
+        },
+        CIRCUIT_BREAKER={
+            "FAILURE_RATE_THRESHOLD": 100,
+            "SLIDING_WINDOW_SIZE": 1000,
+            "MINIMUM_NUMBER_OF_CALLS": 1000,
+        },
+    )
+    client = ServiceClient("upstream")
+    calls = 100
+    for _ in range(calls):
+        with pytest.raises(UpstreamStatusError):
+            client.get("/status/503")
+    floor = 0.5 * 10.0
+    assert upstream.count("/status") <= calls * 1.2 + floor
+    assert upstream.count("/status") > calls  # the budget still allowed some retries
+    assert testing.metric("resilience_retry_budget_exhausted_total", name="upstream") > 0

@@ -1,0 +1,73 @@
+"""``/metrics`` and ``/health/``: what operators and Prometheus read."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resilience.exceptions import UpstreamStatusError
+from resilience.http import ServiceClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_health_reports_every_breaker_and_stays_200_when_one_is_open(client, make_policy):
+    policy = make_policy()
+    policy.breaker.force_open()
+    response = client.get("/health/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["circuit_breakers"]["upstream"] == {
+        "state": "open",
+        "mode": "forced-open",
+        "enabled": True,
+        "bulkhead_available": 10,
+        "storage": "memory",
+    }
+
+
+def test_metrics_exposes_the_resilience_metrics(client, make_policy, upstream):
+    make_policy(RETRY={"MAX_ATTEMPTS": 2})
+    with pytest.raises(UpstreamStatusError):
+        ServiceClient("upstream").get("/status/503")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert 'resilience_circuitbreaker_state{name="upstream",state="closed"} 1.0' in text
+    assert 'resilience_retry_calls_total{kind="failed_with_retry",name="upstream"} 1.0' in text
+    assert 'resilience_circuitbreaker_calls_total{kind="failed",name="upstream"} 2.0' in text
+    assert "resilience_call_duration_seconds_bucket" in text
+
+
+def test_metrics_are_summed_across_worker_processes(tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR, each worker writes its own file and /metrics adds them up."""
+    script = """
+import django; django.setup()
+from resilience import metrics
+metrics.breaker_calls.labels("payments", "failed").inc(3)
+"""
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "booking.settings.test",
+        "PYTHONPATH": str(ROOT),
+    }
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    reader = """
+import django; django.setup()
+from django.test import Client
+print(Client(HTTP_HOST="127.0.0.1").get("/metrics").content.decode())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", reader],
+        env=env,
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert 'resilience_circuitbreaker_calls_total{kind="failed",name="payments"} 6.0' in out
