@@ -122,6 +122,19 @@ class CircuitBreaker:
             exclude=list(config.ignore_exceptions),
             listeners=[_Observer(self), *listeners],
         )
+        self._calls = {
+            kind: metrics.breaker_calls.labels(name, kind)
+            for kind in (
+                "successful",
+                "failed",
+                "slow_successful",
+                "slow_failed",
+                "ignored",
+                "not_permitted",
+            )
+        }
+        self._failure_rate = metrics.breaker_failure_rate.labels(name)
+        self._slow_call_rate = metrics.breaker_slow_call_rate.labels(name)
         self._seen = self._machine.current_state
         metrics.set_state(name, self._seen)
 
@@ -208,7 +221,7 @@ class CircuitBreaker:
                 self.config.permitted_calls_in_half_open_state
             ):
                 return PERMIT_TRIAL
-        metrics.breaker_calls.labels(self.name, "not_permitted").inc()
+        self._calls["not_permitted"].inc()
         raise CircuitOpenError(f"circuit breaker {self.name!r} is {state}", policy=self.name)
 
     def classify(self, exc: BaseException) -> str:
@@ -224,13 +237,13 @@ class CircuitBreaker:
             return
         slow = duration >= self.config.slow_call_duration
         if outcome == IGNORED:
-            metrics.breaker_calls.labels(self.name, "ignored").inc()
+            self._calls["ignored"].inc()
             if permit == PERMIT_TRIAL:
                 self.storage.release_trial()
             return
         failed = outcome == FAILURE
         kind = ("slow_" if slow else "") + ("failed" if failed else "successful")
-        metrics.breaker_calls.labels(self.name, kind).inc()
+        self._calls[kind].inc()
         if permit == PERMIT_TRIAL:
             self._record_trial(failed, slow)
         elif self._seen == CLOSED:
@@ -246,8 +259,8 @@ class CircuitBreaker:
         n, failure_rate, slow_rate = self.window.record(failed, slow)
         if n < cfg.minimum_number_of_calls:
             return
-        metrics.breaker_failure_rate.labels(self.name).set(failure_rate)
-        metrics.breaker_slow_call_rate.labels(self.name).set(slow_rate)
+        self._failure_rate.set(failure_rate)
+        self._slow_call_rate.set(slow_rate)
         if failure_rate >= cfg.failure_rate_threshold:
             self._transition(CLOSED, OPEN, reason=f"failure rate {failure_rate:.0f}% of {n} calls")
         elif slow_rate >= cfg.slow_call_rate_threshold:

@@ -17,7 +17,10 @@ class Bulkhead:
         self._lock = threading.Lock()
         self._in_flight = 0
         metrics.bulkhead_max.labels(name).set(max_concurrent_calls)
-        metrics.bulkhead_available.labels(name).set(max_concurrent_calls)
+        self._available_gauge = metrics.bulkhead_available.labels(name)
+        self._available_gauge.set(max_concurrent_calls)
+        self._permitted = metrics.bulkhead_calls.labels(name, "permitted")
+        self._rejected = metrics.bulkhead_calls.labels(name, "rejected")
 
     @property
     def available(self) -> int:
@@ -31,13 +34,13 @@ class Bulkhead:
         else:
             got = self._slots.acquire(blocking=False)
         if not got:
-            metrics.bulkhead_calls.labels(self.name, "rejected").inc()
+            self._rejected.inc()
             raise BulkheadFullError(
                 f"bulkhead {self.name!r} is full ({self.max_concurrent_calls} calls in flight)",
                 policy=self.name,
             )
         self._moved(+1)
-        metrics.bulkhead_calls.labels(self.name, "permitted").inc()
+        self._permitted.inc()
         try:
             yield
         finally:
@@ -47,6 +50,4 @@ class Bulkhead:
     def _moved(self, delta: int) -> None:
         with self._lock:
             self._in_flight += delta
-            metrics.bulkhead_available.labels(self.name).set(
-                self.max_concurrent_calls - self._in_flight
-            )
+            self._available_gauge.set(self.max_concurrent_calls - self._in_flight)

@@ -41,6 +41,19 @@ class Policy:
         )
         self.retry_budget = RetryBudget(config.retry, clock)
         self._rng = rng or random.Random()
+        self._durations = {
+            outcome: metrics.call_duration.labels(self.name, outcome)
+            for outcome in ("success", "failure", "fallback")
+        }
+        self._retry_outcomes = {
+            kind: metrics.retry_calls.labels(self.name, kind)
+            for kind in (
+                "successful_without_retry",
+                "successful_with_retry",
+                "failed_without_retry",
+                "failed_with_retry",
+            )
+        }
 
     def __repr__(self) -> str:
         return f"<Policy {self.name!r} enabled={self.config.enabled}>"
@@ -87,12 +100,12 @@ class Policy:
             elapsed = self.clock.now() - start
             ignored = (BusinessError, *self.config.circuit_breaker.ignore_exceptions)
             if fallback is None or isinstance(exc, ignored):
-                metrics.call_duration.labels(self.name, "failure").observe(elapsed)
+                self._durations["failure"].observe(elapsed)
                 raise
-            metrics.call_duration.labels(self.name, "fallback").observe(elapsed)
+            self._durations["fallback"].observe(elapsed)
             metrics.fallback_calls.labels(self.name, metrics.reason(exc)).inc()
             return fallback(exc)
-        metrics.call_duration.labels(self.name, "success").observe(self.clock.now() - start)
+        self._durations["success"].observe(self.clock.now() - start)
         return result
 
     def _retrying(self, fn, args, kwargs, dl: deadlines.Deadline, idempotent: bool):
@@ -150,7 +163,7 @@ class Policy:
         kind = ("successful" if ok else "failed") + (
             "_with_retry" if attempts > 1 else "_without_retry"
         )
-        metrics.retry_calls.labels(self.name, kind).inc()
+        self._retry_outcomes[kind].inc()
 
     def reset(self) -> None:
         """Forget all state: breaker closed and empty, retry budget full."""

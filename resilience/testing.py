@@ -27,10 +27,15 @@ def reset() -> None:
 
 
 def reset_metrics() -> None:
-    """Forget every sample of the resilience metrics in this process."""
+    """Forget every sample of the resilience metrics in this process.
+
+    Policies bind their metric children when built, so they are dropped too and rebuilt on
+    next use.
+    """
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             value.clear()
+    policies.reset()
 
 
 def set_testing(enabled: bool) -> VirtualClock | None:

@@ -68,6 +68,7 @@ class Upstream:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = 64 * 1024  # one write per answer: no Nagle/delayed-ACK stall on keep-alive
 
             def log_message(self, *args) -> None:
                 pass
