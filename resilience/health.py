@@ -3,10 +3,11 @@
 from resilience import policies
 
 
-def breaker_states() -> dict[str, dict]:
-    """Every configured policy's breaker: state, mode, and whether the policy is enabled at all."""
+def breaker_states(names=None) -> dict[str, dict]:
+    """The breakers of ``names`` (default: every configured policy): state, mode, enabled."""
     report = {}
-    for policy in policies.all():
+    chosen = policies.all() if names is None else [policies[name] for name in names]
+    for policy in chosen:
         breaker = policy.breaker
         state, mode = breaker.storage.snapshot()
         report[policy.name] = {

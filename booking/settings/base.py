@@ -2,21 +2,28 @@
 
 from pathlib import Path
 
-from booking.settings.env import database, env_bool, env_list, env_str
+from booking.settings.env import database, env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(env_str("BOOKING_VAR_DIR", str(BASE_DIR / "var")))
 
+# Which service this process is; each service's settings module sets it.
+SERVICE_NAME = "booking"
+
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-local-development-key-do-not-use-in-production")
 DEBUG = env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
-    "django.contrib.auth",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_tasks",
+    "django_tasks_db",
     "resilience",
+    "booking",
 ]
 
 MIDDLEWARE = [
@@ -25,11 +32,29 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
 ]
 
-ROOT_URLCONF = "booking.urls"
+ROOT_URLCONF = "booking.urls.base"
 WSGI_APPLICATION = "booking.wsgi.application"
 
-DATABASES = {"default": database(str(VAR_DIR / "db.sqlite3"))}
+
+def service_database(name: str) -> dict:
+    """This service's own database: ``DATABASE_URL``, else ``var/db/<name>.sqlite3``."""
+    return database(str(VAR_DIR / "db" / f"{name}.sqlite3"))
+
+
+DATABASES = {"default": service_database("booking")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+if env_str("CACHE_URL"):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": env_str("CACHE_URL"),
+            "KEY_PREFIX": "booking",
+        }
+    }
+
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
 
 TEMPLATES = [
     {
@@ -45,13 +70,31 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "booking.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Concert booking",
+    "VERSION": "1.0.0",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend")
+EMAIL_FILE_PATH = VAR_DIR / "mail"
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tickets@concert-booking.local")
 
 # Base URLs of every service, so that ServiceClient("payments") knows where payments lives.
 SERVICES = {
@@ -67,12 +110,77 @@ SERVICES = {
 RESILIENCE_STORAGE = env_str("RESILIENCE_STORAGE_URL") or None
 RESILIENCE_ENABLED = env_bool("RESILIENCE_ENABLED", True)
 
+# One policy per downstream dependency of any service (a service only builds the ones it
+# uses). Budgets nest: the gateway's deadline for orders covers orders' own calls.
 RESILIENCE_POLICIES = {
     "default": {
         "ENABLED": RESILIENCE_ENABLED,
         "CIRCUIT_BREAKER": {"STORAGE": RESILIENCE_STORAGE},
     },
+    "inventory": {
+        "TIMEOUT": {"CONNECT": 0.5, "READ": 1.5},
+        "DEADLINE": 2.5,
+        "RETRY": {"MAX_ATTEMPTS": 2, "BACKOFF_INITIAL": 0.1, "BACKOFF_MAX": 0.5},
+        "CIRCUIT_BREAKER": {"SLOW_CALL_DURATION": 1.0, "WAIT_DURATION_IN_OPEN_STATE": 10.0},
+        "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10},
+    },
+    "payments": {
+        "TIMEOUT": {"CONNECT": 1.0, "READ": 1.5},
+        "DEADLINE": 4.0,
+        "RETRY": {
+            "MAX_ATTEMPTS": 3,
+            "BACKOFF_INITIAL": 0.5,
+            "BACKOFF_MULTIPLIER": 2.0,
+            "BACKOFF_MAX": 2.0,
+            "BUDGET_RATIO": 0.2,
+        },
+        "CIRCUIT_BREAKER": {
+            "FAILURE_RATE_THRESHOLD": 50,
+            "SLIDING_WINDOW_SIZE": 10,
+            "MINIMUM_NUMBER_OF_CALLS": 5,
+            "SLOW_CALL_DURATION": 1.5,
+            "WAIT_DURATION_IN_OPEN_STATE": 30.0,
+            "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 3,
+        },
+        "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10},
+    },
+    "notifications": {
+        "TIMEOUT": {"CONNECT": 0.3, "READ": 0.7},
+        "DEADLINE": 1.0,
+        "RETRY": {"MAX_ATTEMPTS": 1},
+        "CIRCUIT_BREAKER": {"SLOW_CALL_DURATION": 0.5, "WAIT_DURATION_IN_OPEN_STATE": 15.0},
+        "BULKHEAD": {"MAX_CONCURRENT_CALLS": 5},
+    },
+    "recommendations": {
+        "TIMEOUT": {"CONNECT": 0.3, "READ": 0.7},
+        "DEADLINE": 1.0,
+        "RETRY": {"MAX_ATTEMPTS": 1},
+        "CIRCUIT_BREAKER": {"SLOW_CALL_DURATION": 0.5, "WAIT_DURATION_IN_OPEN_STATE": 15.0},
+        "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10},
+    },
+    "orders": {
+        "TIMEOUT": {"CONNECT": 0.5, "READ": 9.0},
+        "DEADLINE": 10.0,
+        "RETRY": {"MAX_ATTEMPTS": 2, "BACKOFF_INITIAL": 0.2, "BACKOFF_MAX": 0.5},
+        "CIRCUIT_BREAKER": {"SLOW_CALL_DURATION": 8.0, "WAIT_DURATION_IN_OPEN_STATE": 10.0},
+        "BULKHEAD": {"MAX_CONCURRENT_CALLS": 20},
+    },
 }
+
+# How long seats stay held for an order that is not yet paid; renewed by every retry.
+SEAT_HOLD_TTL = env_int("SEAT_HOLD_TTL", 1800)
+# The simulated card processor's latency, milliseconds (uniform between the two).
+PAYMENTS_LATENCY_MS = (
+    env_int("PAYMENTS_LATENCY_MIN_MS", 20),
+    env_int("PAYMENTS_LATENCY_MAX_MS", 80),
+)
+# How the worker retries unsettled orders: first wait, cap, seconds.
+ORDERS_SETTLE_BACKOFF = (
+    env_int("ORDERS_SETTLE_BACKOFF_INITIAL", 1),
+    env_int("ORDERS_SETTLE_BACKOFF_MAX", 30),
+)
+# A safety net: an order still unsettled this long after creation is driven by the worker.
+ORDERS_SAFETY_NET_DELAY = env_int("ORDERS_SAFETY_NET_DELAY", 60)
 
 LOGGING = {
     "version": 1,

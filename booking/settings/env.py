@@ -27,11 +27,36 @@ def env_bool(name: str, default: bool = False) -> bool:
     )
 
 
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number.") from None
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
 def database(default_sqlite_path: str) -> dict:
-    """``DATABASE_URL`` if set, else SQLite at the given path."""
+    """``DATABASE_URL`` if set, else SQLite at the given path.
+
+    SQLite is tuned for several gunicorn processes writing at once: WAL so readers never
+    block the writer, a busy timeout instead of "database is locked", and IMMEDIATE
+    transactions so that a transaction takes the write lock when it starts rather than
+    failing to upgrade halfway through.
+    """
     url = os.environ.get("DATABASE_URL") or f"sqlite:///{default_sqlite_path}"
-    return dj_database_url.parse(url, conn_max_age=0)
+    config = dj_database_url.parse(url, conn_max_age=0)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["OPTIONS"] = {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    else:
+        config["CONN_HEALTH_CHECKS"] = True
+    return config

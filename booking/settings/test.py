@@ -1,6 +1,20 @@
-"""Settings for the test suite: the shared base with the stack's policies, SQLite unless DATABASE_URL says otherwise."""
+"""Settings for the test suite: every service's app in one database (SQLite unless DATABASE_URL)."""
 
 from booking.settings.base import *  # noqa: F403
+from booking.settings.base import INSTALLED_APPS, VAR_DIR, service_database
 
-DEBUG = False
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+SERVICE_NAME = "test"
+INSTALLED_APPS = [
+    *INSTALLED_APPS,
+    "gateway",
+    "orders",
+    "payments",
+    "inventory",
+    "notifications",
+    "recommendations",
+]
+ROOT_URLCONF = "booking.urls.base"
+DATABASES = {"default": service_database("test")}
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+EMAIL_FILE_PATH = VAR_DIR / "test-mail"
+PAYMENTS_LATENCY_MS = (0, 0)

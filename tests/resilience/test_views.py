@@ -13,13 +13,14 @@ from resilience.http import ServiceClient
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.django_db
 def test_health_reports_every_breaker_and_stays_200_when_one_is_open(client, make_policy):
     policy = make_policy()
     policy.breaker.force_open()
     response = client.get("/health/")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ok"
+    assert (body["status"], body["database"]) == ("ok", "ok")
     assert body["circuit_breakers"]["upstream"] == {
         "state": "open",
         "mode": "forced-open",

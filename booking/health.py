@@ -1,0 +1,30 @@
+"""``/health/``: this service's own status, plus the state of each of its circuit breakers."""
+
+from django.conf import settings
+from django.db import connection
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET
+
+from resilience.health import breaker_states
+
+
+def _database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+@require_GET
+def health(request):
+    """200 while the service itself works, even with a breaker open; 503 if its database is gone."""
+    database = _database_ok()
+    body = {
+        "service": settings.SERVICE_NAME,
+        "status": "ok" if database else "degraded",
+        "database": "ok" if database else "unavailable",
+        "circuit_breakers": breaker_states(getattr(settings, "SERVICE_DEPENDENCIES", None)),
+    }
+    return JsonResponse(body, status=200 if database else 503)

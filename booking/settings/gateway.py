@@ -1,0 +1,19 @@
+"""The gateway service."""
+
+from booking.settings.base import *  # noqa: F403
+from booking.settings.base import INSTALLED_APPS, service_database
+
+SERVICE_NAME = "gateway"
+INSTALLED_APPS = [*INSTALLED_APPS, "gateway"]
+ROOT_URLCONF = "booking.urls.gateway"
+DATABASES = {"default": service_database(SERVICE_NAME)}
+
+# Shared by every worker process of the gateway: the recommendations cache and the catalogue.
+if not env_str("CACHE_URL"):  # noqa: F405
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache" / "gateway"),  # noqa: F405
+        }
+    }
+SERVICE_DEPENDENCIES = ["inventory", "recommendations", "orders"]

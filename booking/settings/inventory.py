@@ -1,0 +1,10 @@
+"""The inventory service."""
+
+from booking.settings.base import *  # noqa: F403
+from booking.settings.base import INSTALLED_APPS, service_database
+
+SERVICE_NAME = "inventory"
+INSTALLED_APPS = [*INSTALLED_APPS, "inventory"]
+ROOT_URLCONF = "booking.urls.inventory"
+DATABASES = {"default": service_database(SERVICE_NAME)}
+SERVICE_DEPENDENCIES = []

@@ -1,0 +1,10 @@
+"""The orders service."""
+
+from booking.settings.base import *  # noqa: F403
+from booking.settings.base import INSTALLED_APPS, service_database
+
+SERVICE_NAME = "orders"
+INSTALLED_APPS = [*INSTALLED_APPS, "orders"]
+ROOT_URLCONF = "booking.urls.orders"
+DATABASES = {"default": service_database(SERVICE_NAME)}
+SERVICE_DEPENDENCIES = ["inventory", "payments", "notifications", "recommendations"]

@@ -1,0 +1,82 @@
+"""Read paths of the gateway, with the recommendations fallback chain.
+
+Core data (shows, orders) gets no fallback: when inventory or orders cannot answer, the
+client is told so (503). Recommendations are a nice-to-have: live from the recommendations
+service; if that fails, the last good answer for that show; if there is none, the most
+booked shows from the gateway's last good catalogue, which does not depend on the
+recommendations service at all.
+"""
+
+import logging
+
+from django.core.cache import cache
+
+from gateway import clients
+
+logger = logging.getLogger(__name__)
+
+CATALOGUE_KEY = "gateway:catalogue"
+RECOMMENDATIONS_KEY = "gateway:recommendations:{show_id}"
+RECOMMENDATION_LIMIT = 4
+
+
+def shows_list() -> list[dict]:
+    shows = clients.inventory_shows()
+    cache.set(CATALOGUE_KEY, shows, timeout=None)
+    return shows
+
+
+def show_get(show_id: int) -> dict:
+    return clients.inventory_show(show_id)
+
+
+def _catalogue() -> list[dict]:
+    """The last good list of shows; fetched if there is none yet (and then best effort)."""
+    shows = cache.get(CATALOGUE_KEY)
+    if shows is None:
+        try:
+            shows = shows_list()
+        except Exception as exc:  # popular shows are a fallback: never fail because of them
+            logger.warning("no catalogue for popular shows: %s", exc)
+            shows = []
+    return shows
+
+
+def _summaries(show_ids: list[int]) -> list[dict]:
+    by_id = {show["id"]: show for show in _catalogue()}
+    return [
+        {
+            "id": show_id,
+            "title": by_id.get(show_id, {}).get("title"),
+            "artist": by_id.get(show_id, {}).get("artist"),
+        }
+        for show_id in show_ids
+    ]
+
+
+def popular_shows(*, exclude: int | None = None) -> list[dict]:
+    shows = sorted(_catalogue(), key=lambda s: (-s.get("seats_sold", 0), s["id"]))
+    chosen = [s["id"] for s in shows if s["id"] != exclude][:RECOMMENDATION_LIMIT]
+    return _summaries(chosen)
+
+
+def recommendations_for(show_id: int) -> dict:
+    """``{"source": "live" | "cache" | "popular", "shows": [...]}``, whatever the recommendations service does.
+
+    The fallback goes through the recommendations policy, so with resilience off (the
+    naive baseline) there is none, and a failure of recommendations is the caller's failure.
+    """
+    key = RECOMMENDATIONS_KEY.format(show_id=show_id)
+
+    def fallback(exc: Exception) -> dict:
+        cached = cache.get(key)
+        if cached is not None:
+            return {"source": "cache", "shows": cached}
+        return {"source": "popular", "shows": popular_shows(exclude=show_id)}
+
+    live = clients.recommendations_live(show_id, fallback=fallback)
+    if isinstance(live, dict):  # the fallback answered
+        return live
+    shows = _summaries([r["show_id"] for r in live][:RECOMMENDATION_LIMIT])
+    cache.set(key, shows, timeout=None)
+    return {"source": "live", "shows": shows}
