@@ -41,10 +41,12 @@ from resilience.storage import (
 logger = logging.getLogger("resilience.breaker")
 T = TypeVar("T")
 
-# What ``acquire`` hands out: how the call was let through, so its outcome lands in the right place.
+# What ``acquire`` hands out: how the call was let through and in which epoch (state period),
+# so that its outcome lands in the right place or, if the state has moved on, nowhere.
 PERMIT_CLOSED = "closed"
 PERMIT_TRIAL = "trial"
 PERMIT_DISABLED = "disabled"
+Permit = tuple[str, int]
 
 SUCCESS = "success"
 FAILURE = "failure"
@@ -135,7 +137,9 @@ class CircuitBreaker:
         }
         self._failure_rate = metrics.breaker_failure_rate.labels(name)
         self._slow_call_rate = metrics.breaker_slow_call_rate.labels(name)
-        self._seen = self._machine.current_state
+        self._failure_rate.set(-1)
+        self._slow_call_rate.set(-1)
+        self._seen, _, self._seen_epoch = self.storage.snapshot()
         metrics.set_state(name, self._seen)
 
     # -- state -----------------------------------------------------------------------------
@@ -143,8 +147,8 @@ class CircuitBreaker:
     @property
     def current_state(self) -> str:
         """``"closed"``, ``"open"`` or ``"half-open"``, as the storage has it now."""
-        state, _ = self.storage.snapshot()
-        self._sync(state)
+        state, _, epoch = self.storage.snapshot()
+        self._sync(state, epoch)
         return state
 
     @property
@@ -156,24 +160,33 @@ class CircuitBreaker:
         """A pybreaker listener: ``state_change(cb, old, new)`` for every change this process sees."""
         self._machine.add_listener(listener)
 
-    def _sync(self, state: str) -> None:
-        """Bring pybreaker's cached state in line with storage, notifying listeners of a change."""
-        if state == self._seen:
+    def _sync(self, state: str, epoch: int) -> None:
+        """Bring pybreaker's cached state in line with storage, notifying listeners of a change.
+
+        Only a newer epoch moves it: a snapshot read before a transition cannot rewind it.
+        """
+        if epoch <= self._seen_epoch:
             return
         with self._sync_lock:
-            if state != self._seen:
-                self._seen = state
+            if epoch <= self._seen_epoch:
+                return
+            changed = state != self._seen
+            self._seen, self._seen_epoch = state, epoch
+            self.window.clear()
+            if changed:
                 self._machine.state = state
 
-    def _transition(self, expected: str | None, new: str, *, reason: str) -> bool:
+    def _transition(self, expected: str | None, new: str, *, reason: str) -> int:
+        """Make a transition in storage (compare-and-set): its epoch, or 0 if it did not happen."""
         wait = self.config.wait_duration_in_open_state
-        if not self.storage.transition(expected, new, wait=wait):
-            return False
         old = expected or self._seen
-        self._sync(new)
+        epoch = self.storage.transition(expected, new, wait=wait)
+        if not epoch:
+            return 0
+        self._sync(new, epoch)
         metrics.breaker_transitions.labels(self.name, old, new).inc()
         logger.warning("circuit breaker %r: %s -> %s (%s)", self.name, old, new, reason)
-        return True
+        return epoch
 
     # -- manual control ----------------------------------------------------------------------
 
@@ -187,6 +200,8 @@ class CircuitBreaker:
         self.storage.set_mode(NORMAL)
         self._transition(None, CLOSED, reason="forced closed")
         self.window.clear()
+        self._failure_rate.set(-1)
+        self._slow_call_rate.set(-1)
 
     def disable(self) -> None:
         """Let every call through and count none, until ``force_closed`` or ``reset``."""
@@ -197,30 +212,39 @@ class CircuitBreaker:
         """Closed, normal mode, empty window: as if just built."""
         self.storage.clear()
         self.window.clear()
-        self._sync(CLOSED)
+        state, _, epoch = self.storage.snapshot()
+        self._sync(state, epoch)
+        self._failure_rate.set(-1)
+        self._slow_call_rate.set(-1)
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def acquire(self) -> str:
+    def acquire(self) -> Permit:
         """Permission for one call, or ``CircuitOpenError``. Hand the permit back to ``record``."""
-        state, mode = self.storage.snapshot()
-        self._sync(state)
+        state, mode, epoch = self.storage.snapshot()
+        self._sync(state, epoch)
         if mode == DISABLED:
-            return PERMIT_DISABLED
+            return PERMIT_DISABLED, epoch
         if mode != FORCED_OPEN:
-            if state == OPEN:
-                if self._transition(OPEN, HALF_OPEN, reason="open wait over"):
-                    state = HALF_OPEN
-                else:
-                    state = self.storage.snapshot()[0]
-                    self._sync(state)
             if state == CLOSED:
-                return PERMIT_CLOSED
-            # The trial script re-checks the state, so a concurrent close or re-open is safe.
-            if state == HALF_OPEN and self.storage.acquire_trial(
-                self.config.permitted_calls_in_half_open_state
-            ):
-                return PERMIT_TRIAL
+                return PERMIT_CLOSED, epoch
+            if state == OPEN:
+                moved = self._transition(OPEN, HALF_OPEN, reason="open wait over")
+                if moved:
+                    state, epoch = HALF_OPEN, moved
+                else:  # still waiting, or another caller moved it first
+                    state, _, epoch = self.storage.snapshot()
+                    self._sync(state, epoch)
+            if state == HALF_OPEN:
+                permitted = self.config.permitted_calls_in_half_open_state
+                if self.storage.acquire_trial(permitted, epoch):
+                    return PERMIT_TRIAL, epoch
+                # Trials that never report back (their process died) must not wedge it here.
+                restarted = self._transition(HALF_OPEN, HALF_OPEN, reason="trial calls did not report back")
+                if restarted and self.storage.acquire_trial(permitted, restarted):
+                    return PERMIT_TRIAL, restarted
+            elif state == CLOSED:
+                return PERMIT_CLOSED, epoch
         self._calls["not_permitted"].inc()
         raise CircuitOpenError(f"circuit breaker {self.name!r} is {state}", policy=self.name)
 
@@ -231,28 +255,28 @@ class CircuitBreaker:
             return IGNORED  # a 429 is retried, but a 4xx never counts against the dependency
         return FAILURE
 
-    def record(self, permit: str, outcome: str, duration: float) -> None:
+    def record(self, permit: Permit, outcome: str, duration: float) -> None:
         """Count the outcome of a call let through by ``acquire``."""
-        if permit == PERMIT_DISABLED:
+        kind, epoch = permit
+        if kind == PERMIT_DISABLED:
             return
         slow = duration >= self.config.slow_call_duration
         if outcome == IGNORED:
             self._calls["ignored"].inc()
-            if permit == PERMIT_TRIAL:
-                self.storage.release_trial()
+            self.release(permit)
             return
         failed = outcome == FAILURE
-        kind = ("slow_" if slow else "") + ("failed" if failed else "successful")
-        self._calls[kind].inc()
-        if permit == PERMIT_TRIAL:
-            self._record_trial(failed, slow)
-        elif self._seen == CLOSED:
+        self._calls[("slow_" if slow else "") + ("failed" if failed else "successful")].inc()
+        if kind == PERMIT_TRIAL:
+            self._record_trial(failed, slow, epoch)
+        elif epoch == self._seen_epoch and self._seen == CLOSED:
             self._record_closed(failed, slow)
 
-    def release(self, permit: str) -> None:
+    def release(self, permit: Permit) -> None:
         """Give back a permit whose call ended without an outcome (``KeyboardInterrupt`` and the like)."""
-        if permit == PERMIT_TRIAL:
-            self.storage.release_trial()
+        kind, epoch = permit
+        if kind == PERMIT_TRIAL:
+            self.storage.release_trial(epoch)
 
     def _record_closed(self, failed: bool, slow: bool) -> None:
         cfg = self.config
@@ -266,9 +290,9 @@ class CircuitBreaker:
         elif slow_rate >= cfg.slow_call_rate_threshold:
             self._transition(CLOSED, OPEN, reason=f"slow-call rate {slow_rate:.0f}% of {n} calls")
 
-    def _record_trial(self, failed: bool, slow: bool) -> None:
+    def _record_trial(self, failed: bool, slow: bool, epoch: int) -> None:
         cfg = self.config
-        tally = self.storage.record_trial(failed, slow)
+        tally = self.storage.record_trial(failed, slow, epoch)
         if tally is None or tally[0] < cfg.permitted_calls_in_half_open_state:
             return
         done, failures, slows = tally

@@ -27,10 +27,11 @@ class Bulkhead:
         return self.max_concurrent_calls - self._in_flight
 
     @contextlib.contextmanager
-    def acquire(self) -> Iterator[None]:
+    def acquire(self, max_wait: float | None = None) -> Iterator[None]:
         """Hold one slot for the block; ``BulkheadFullError`` after ``max_wait`` if none frees up."""
-        if self.max_wait > 0:
-            got = self._slots.acquire(timeout=self.max_wait)
+        max_wait = self.max_wait if max_wait is None else max_wait
+        if max_wait > 0:
+            got = self._slots.acquire(timeout=max_wait)
         else:
             got = self._slots.acquire(blocking=False)
         if not got:

@@ -325,10 +325,12 @@ def validate(raw: dict | None = None) -> list[Problem]:
             )
         ]
     problems = _check_keys(raw)
-    if problems:
-        return problems
+    broken = {p.path.split(".")[0] for p in problems}
+    if DEFAULT_ALIAS in broken:
+        return problems  # every policy inherits the default: its values cannot be judged
     for name in [DEFAULT_ALIAS, *policy_names(raw)]:
-        problems.extend(_check_values(name, merged(raw, name)))
+        if name not in broken:
+            problems.extend(_check_values(name, merged(raw, name)))
     return problems
 
 

@@ -9,7 +9,7 @@ def breaker_states(names=None) -> dict[str, dict]:
     chosen = policies.all() if names is None else [policies[name] for name in names]
     for policy in chosen:
         breaker = policy.breaker
-        state, mode = breaker.storage.snapshot()
+        state, mode, _ = breaker.storage.snapshot()
         report[policy.name] = {
             "state": state,
             "mode": mode,

@@ -12,6 +12,7 @@ timeout is per socket read, so a server that trickles a byte at a time never tri
 the body is read chunk by chunk with the socket's timeout set to the time that is left.
 """
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,8 +24,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from resilience import deadline as deadlines
 from resilience import policies
-from resilience.clock import clock
 from resilience.exceptions import (
+    BusinessError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamStatusError,
@@ -32,6 +33,7 @@ from resilience.exceptions import (
 )
 from resilience.policy import Policy
 from resilience.retry import parse_retry_after
+from resilience.watchdog import watchdog
 
 # Safe to repeat by HTTP's definition; POST and PATCH only with an idempotency key.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -39,6 +41,14 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 CHUNK = 64 * 1024
 
 _local = threading.local()
+
+
+class _ClientErrorAnswer(BusinessError):
+    """A 4xx answer: the caller's problem, never the dependency's. Carries the response back out."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__(f"answered {response.status_code}")
+        self.response = response
 
 
 def _session() -> requests.Session:
@@ -91,17 +101,21 @@ class ServiceClient:
         if idempotency_key is not None:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
         policy = self.policy
-        return policy.call(
-            self._attempt,
-            policy,
-            method,
-            self.url(path),
-            headers,
-            params,
-            json,
-            fallback=fallback,
-            idempotent=method in IDEMPOTENT_METHODS or idempotency_key is not None,
-        )
+        try:
+            return policy.call(
+                self._attempt,
+                policy,
+                method,
+                self.url(path),
+                headers,
+                params,
+                json,
+                fallback=fallback,
+                idempotent=method in IDEMPOTENT_METHODS or idempotency_key is not None,
+            )
+        except _ClientErrorAnswer as answer:
+            # Raised inside the policy so that the breaker ignores it and retry skips it.
+            return answer.response
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return self.request("GET", path, **kwargs)
@@ -119,8 +133,8 @@ class ServiceClient:
         return self.request("DELETE", path, **kwargs)
 
     def _attempt(self, policy: Policy, method: str, url: str, headers: dict, params, json):
-        connect, read = policy.attempt_timeout()
-        until = clock.now() + connect + read
+        connect, read = policy.attempt_timeout()  # DeadlineExceededError if nothing is left
+        until = policy.clock.now() + (read if not policy.enabled else connect + read)
         if policy.enabled:
             current = deadlines.current()
             if current is not None:
@@ -137,7 +151,7 @@ class ServiceClient:
                 stream=True,
                 allow_redirects=False,
             )
-            _read_body(response, until)
+            _read_body(response, until, policy)
         except requests.Timeout as exc:
             raise UpstreamTimeoutError(f"{method} {url}: {exc}", policy=policy.name) from exc
         except requests.ConnectionError as exc:
@@ -148,6 +162,8 @@ class ServiceClient:
             raise error from exc
         status = response.status_code
         retry_on = policy.config.retry.retry_on_status
+        if 400 <= status < 500 and status not in retry_on:
+            raise _ClientErrorAnswer(response)
         if status >= 500 or status in retry_on:
             raise UpstreamStatusError(
                 f"{method} {url} answered {status}",
@@ -159,32 +175,41 @@ class ServiceClient:
         return response
 
 
-def _read_body(response: requests.Response, until: float) -> None:
-    """Read the whole body by ``until`` (a ``clock`` time), whatever pace the server keeps."""
+def _read_body(response: requests.Response, until: float, policy: Policy) -> None:
+    """Read the whole body by ``until`` (a ``policy.clock`` time), whatever pace the server keeps.
+
+    Before each read the socket's timeout is set to the time left. A chunked body also gets
+    the watchdog, because http.client reads its size lines with a loop of ``recv`` calls.
+    """
     raw = response.raw
     connection = getattr(raw, "connection", None)
     sock = getattr(connection, "sock", None)
+    guard = watchdog.guard(sock, until) if sock is not None and raw.chunked else contextlib.nullcontext()
     chunks = []
+    late = f"{response.url}: response not complete in time"
     try:
-        while True:
-            left = until - clock.now()
-            if left <= 0:
-                raise UpstreamTimeoutError(f"{response.url}: response not complete in time")
-            if sock is not None:
-                sock.settimeout(left)
-            chunk = raw.read1(CHUNK, decode_content=True)
-            if not chunk:
-                break
-            chunks.append(chunk)
+        with guard:
+            while True:
+                left = until - policy.clock.now()
+                if left <= 0:
+                    raise UpstreamTimeoutError(late, policy=policy.name)
+                if sock is not None:
+                    sock.settimeout(left)
+                chunk = raw.read1(CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                chunks.append(chunk)
     except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
         response.close()
-        raise UpstreamTimeoutError(f"{response.url}: response not complete in time") from exc
+        raise UpstreamTimeoutError(late, policy=policy.name) from exc
     except UpstreamTimeoutError:
         response.close()
         raise
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         response.close()
-        raise UpstreamConnectionError(f"{response.url}: {exc}") from exc
+        if policy.clock.now() >= until:  # the watchdog cut it off
+            raise UpstreamTimeoutError(late, policy=policy.name) from exc
+        raise UpstreamConnectionError(f"{response.url}: {exc}", policy=policy.name) from exc
     response._content = b"".join(chunks)
     response._content_consumed = True
     response.close()  # body read in full: this returns the connection to the pool

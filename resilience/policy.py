@@ -43,7 +43,7 @@ class Policy:
         self._rng = rng or random.Random()
         self._durations = {
             outcome: metrics.call_duration.labels(self.name, outcome)
-            for outcome in ("success", "failure", "fallback")
+            for outcome in ("success", "failure", "fallback", "ignored")
         }
         self._retry_outcomes = {
             kind: metrics.retry_calls.labels(self.name, kind)
@@ -67,8 +67,9 @@ class Policy:
         if not self.enabled:
             return BASELINE_TIMEOUT, BASELINE_TIMEOUT
         connect, read = self.config.timeout.connect, self.config.timeout.read
-        left = deadlines.remaining()
-        if left is not None:
+        current = deadlines.current()
+        if current is not None:
+            left = current.check(self.name)
             connect, read = min(connect, left), min(read, left)
         return connect, read
 
@@ -90,16 +91,23 @@ class Policy:
         if not self.enabled:
             return fn(*args, **kwargs)
         start = self.clock.now()
+        # A caller's deadline bounds the wait for a bulkhead slot too.
+        inbound = deadlines.remaining()
+        wait = self.bulkhead.max_wait
+        if inbound is not None:
+            wait = max(0.0, min(wait, inbound))
         try:
             with (
-                self.bulkhead.acquire(),
+                self.bulkhead.acquire(wait),
                 deadlines.scope(self.config.deadline, clock=self.clock) as dl,
             ):
                 result = self._retrying(fn, args, kwargs, dl, idempotent)
         except Exception as exc:
             elapsed = self.clock.now() - start
-            ignored = (BusinessError, *self.config.circuit_breaker.ignore_exceptions)
-            if fallback is None or isinstance(exc, ignored):
+            if isinstance(exc, (BusinessError, *self.config.circuit_breaker.ignore_exceptions)):
+                self._durations["ignored"].observe(elapsed)
+                raise
+            if fallback is None:
                 self._durations["failure"].observe(elapsed)
                 raise
             self._durations["fallback"].observe(elapsed)
@@ -132,7 +140,8 @@ class Policy:
                     ) from exc
                 delay = self._next_delay(exc, attempt, dl, idempotent)
                 if delay is None:
-                    self._count(attempt, ok=False)
+                    if not isinstance(exc, BusinessError):  # an answer, not a failed call
+                        self._count(attempt, ok=False)
                     raise
                 metrics.retry_attempts.labels(self.name).inc()
                 self.clock.sleep(delay)

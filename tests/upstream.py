@@ -7,6 +7,7 @@ Paths choose the behaviour, so one server serves a whole test module:
     /delay/1.5               200 after 1.5 s
     /hang                    held until the test calls ``release()`` (or 30 s pass)
     /trickle?every=0.2&n=20  200 whose body arrives one byte every 0.2 s
+    /chunked?every=0.1&n=50  200, chunked, whose first chunk-size line trickles in byte by byte
     /script                  the next answer from ``script([...])``: status codes or "hang"
     /echo                    200 with the request's method, headers and body
 """
@@ -116,6 +117,8 @@ class Upstream:
                         self._send(200, {"released": True})
                     elif kind == "trickle":
                         self._trickle(float(query.get("every", 0.2)), int(query.get("n", 20)))
+                    elif kind == "chunked":
+                        self._chunked(float(query.get("every", 0.1)), int(query.get("n", 50)))
                     elif kind == "script":
                         answer = upstream._next_scripted()
                         if answer == "hang":
@@ -146,6 +149,20 @@ class Upstream:
                     time.sleep(every)
                     self.wfile.write(b"x")
                     self.wfile.flush()
+
+            def _chunked(self, every: float, n: int) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"1;")  # a chunk extension: http.client reads the line to its end
+                self.wfile.flush()
+                for _ in range(n):
+                    time.sleep(every)
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                self.wfile.write(b"\r\nx\r\n0\r\n\r\n")
+                self.wfile.flush()
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

@@ -226,17 +226,6 @@ def test_ignored_outcomes_count_neither_way_and_never_close_a_half_open_breaker(
     assert breaker.current_state == "closed"
 
 
-def test_a_4xx_answer_is_ignored_by_the_breaker(make_policy, upstream):
-    policy = make_policy(CIRCUIT_BREAKER={"MINIMUM_NUMBER_OF_CALLS": 5})
-    client = ServiceClient("upstream")
-    for _ in range(10):
-        assert client.get("/status/404").status_code == 404
-    assert policy.breaker.current_state == "closed"
-    assert (
-        testing.metric("resilience_circuitbreaker_calls_total", name="upstream", kind="failed") == 0
-    )
-
-
 def test_configured_ignored_exceptions_are_not_failures():
     breaker = make_breaker(IGNORE_EXCEPTIONS=[KeyError])
     for _ in range(10):
@@ -362,3 +351,107 @@ def test_an_open_breaker_answers_with_status_errors_counted_once_each(make_polic
         client.get("/status/503")
     assert upstream.count("/status") == 5
     assert policy.breaker.current_state == "open"
+
+
+def test_a_4xx_answer_is_ignored_by_the_breaker(make_policy, upstream, resilience_test_mode):
+    """404s count neither way: not as failures, and not as successes that could close a half-open breaker."""
+    policy = make_policy(
+        RETRY={"MAX_ATTEMPTS": 1},
+        CIRCUIT_BREAKER={"MINIMUM_NUMBER_OF_CALLS": 5, "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 3},
+    )
+    client = ServiceClient("upstream")
+    for _ in range(10):
+        assert client.get("/status/404").status_code == 404
+    assert policy.breaker.current_state == "closed"
+    for kind, expected in [("failed", 0), ("successful", 0), ("ignored", 10)]:
+        assert (
+            testing.metric("resilience_circuitbreaker_calls_total", name="upstream", kind=kind)
+            == expected
+        )
+    for _ in range(5):
+        with pytest.raises(UpstreamStatusError):
+            client.get("/status/503")
+    resilience_test_mode.advance(31)
+    for _ in range(5):
+        assert client.get("/status/404").status_code == 404
+    assert policy.breaker.current_state == "half-open"
+    for _ in range(3):
+        client.get("/ok")
+    assert policy.breaker.current_state == "closed"
+
+
+def test_trials_that_never_report_back_do_not_wedge_half_open():
+    """A process that dies holding trial permits: after another open wait, a new round starts."""
+    clock = VirtualClock()
+    breaker = make_breaker(
+        clock=clock, PERMITTED_CALLS_IN_HALF_OPEN_STATE=2, WAIT_DURATION_IN_OPEN_STATE=30
+    )
+    trip(breaker)
+    clock.advance(31)
+    lost = [breaker.acquire(), breaker.acquire()]  # taken and never recorded
+    with pytest.raises(CircuitOpenError):
+        breaker.call(ok)
+    clock.advance(31)
+    assert breaker.call(ok) == "ok"
+    assert breaker.call(ok) == "ok"
+    assert breaker.current_state == "closed"
+    for permit in lost:  # late news from the dead round changes nothing
+        breaker.record(permit, "failure", 0.0)
+    assert breaker.current_state == "closed"
+
+
+def test_outcomes_from_an_earlier_state_period_are_dropped():
+    """Calls admitted while closed that end after open -> half-open -> closed do not count."""
+    clock = VirtualClock()
+    breaker = make_breaker(clock=clock, PERMITTED_CALLS_IN_HALF_OPEN_STATE=1)
+    early = [breaker.acquire() for _ in range(5)]
+    trip(breaker)
+    clock.advance(31)
+    breaker.call(ok)
+    assert breaker.current_state == "closed"
+    for permit in early:
+        breaker.record(permit, "failure", 0.0)
+    assert breaker.current_state == "closed"
+
+
+def test_a_stale_trial_release_does_not_admit_an_extra_trial():
+    clock = VirtualClock()
+    breaker = make_breaker(clock=clock, PERMITTED_CALLS_IN_HALF_OPEN_STATE=1)
+    trip(breaker)
+    clock.advance(31)
+    first_round = breaker.acquire()
+    clock.advance(31)  # the first round's trial never reported: a new round starts
+    second_round = breaker.acquire()
+    breaker.release(first_round)
+    with pytest.raises(CircuitOpenError):
+        breaker.acquire()
+    breaker.record(second_round, "success", 0.0)
+    assert breaker.current_state == "closed"
+
+
+def test_a_stale_snapshot_cannot_rewind_the_state():
+    breaker = make_breaker()
+    state, _, epoch = breaker.storage.snapshot()
+    trip(breaker)
+    breaker._sync(state, epoch)  # a thread that read "closed" before the trip, syncing late
+    assert breaker.current_state == "open"
+    assert breaker._seen == "open"
+    assert testing.metric("resilience_circuitbreaker_state", name="b", state="open") == 1
+
+
+def test_rate_gauges_read_minus_one_until_the_minimum_number_of_calls():
+    breaker = make_breaker(name="gauged", MINIMUM_NUMBER_OF_CALLS=5)
+    for _ in range(4):
+        breaker.call(ok)
+    assert testing.metric("resilience_circuitbreaker_failure_rate", name="gauged") == -1
+    breaker.call(ok)
+    assert testing.metric("resilience_circuitbreaker_failure_rate", name="gauged") == 0
+
+
+def test_forcing_an_open_breaker_open_again_is_no_transition():
+    breaker = make_breaker(name="forced")
+    breaker.force_open()
+    breaker.force_open()
+    transitions = "resilience_circuitbreaker_transitions_total"
+    assert testing.metric(transitions, name="forced", from_state="closed", to_state="open") == 1
+    assert testing.metric(transitions, name="forced", from_state="open", to_state="open") == 0

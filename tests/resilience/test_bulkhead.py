@@ -66,3 +66,18 @@ def test_max_wait_ends_with_bulkhead_full(make_policy):
             policy.call(lambda: "never")
         assert 0.09 <= time.monotonic() - start < 0.5
         release.set()
+
+
+def test_the_wait_for_a_slot_never_outlasts_the_callers_deadline(make_policy):
+    from resilience import deadline as deadlines
+
+    policy = make_policy(BULKHEAD={"MAX_CONCURRENT_CALLS": 1, "MAX_WAIT": 1.0})
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(policy.call, release.wait, 5)
+        wait_for(lambda: policy.bulkhead.available == 0)
+        start = time.monotonic()
+        with deadlines.scope(0.05), pytest.raises(BulkheadFullError):
+            policy.call(lambda: "never")
+        assert time.monotonic() - start < 0.5
+        release.set()

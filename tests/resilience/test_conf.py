@@ -130,3 +130,10 @@ def test_an_unknown_policy_name_is_a_clear_error(settings):
 def test_bad_service_url_is_reported():
     with override_settings(SERVICES={"payments": "127.0.0.1:8002"}):
         assert [e.id for e in check_policies()] == ["resilience.E007"]
+
+
+def test_a_typo_in_one_policy_does_not_hide_bad_values_in_another():
+    raw = {"a": {"RETRYS": {}}, "b": {"DEADLINE": -1}}
+    assert sorted(id for id, _ in errors(raw)) == ["resilience.E001", "resilience.E002"]
+    with pytest.raises(Exception, match="DEADLINE"):
+        conf.build_config("b", raw)

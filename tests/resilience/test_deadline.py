@@ -116,3 +116,28 @@ def test_no_header_means_no_deadline():
     import json
 
     assert json.loads(middleware_response(None).content) == {"remaining": None}
+
+
+def test_a_chunked_body_trickling_its_size_line_cannot_outlast_the_deadline(make_policy, upstream):
+    """http.client reads a chunk-size line with a loop of recv calls; the watchdog ends it."""
+    make_policy(DEADLINE=1.0, TIMEOUT={"CONNECT": 0.2, "READ": 0.5}, RETRY={"MAX_ATTEMPTS": 1})
+    start = time.monotonic()
+    with pytest.raises(UpstreamTimeoutError):
+        ServiceClient("upstream").get("/chunked?every=0.1&n=50")
+    assert time.monotonic() - start < 0.9
+
+
+def test_a_complete_chunked_answer_is_read_whole(make_policy, upstream):
+    make_policy()
+    assert ServiceClient("upstream").get("/chunked?every=0.01&n=3").content == b"x"
+
+
+def test_a_deadline_that_runs_out_just_before_an_attempt_is_a_deadline_error(make_policy, upstream):
+    """Not a ValueError from requests for a negative timeout."""
+    policy = make_policy()
+    client = ServiceClient("upstream")
+    with deadlines.scope(0.001):
+        time.sleep(0.005)
+        with pytest.raises(DeadlineExceededError):
+            client._attempt(policy, "GET", client.url("/ok"), {}, None, None)
+    assert upstream.count("/ok") == 0

@@ -178,3 +178,22 @@ def test_without_redis_the_breaker_keeps_protecting_on_local_state(caplog):
     with pytest.raises(CircuitOpenError):
         breaker.call(lambda: "never")
     assert any("Redis unreachable" in r.getMessage() for r in caplog.records)
+
+
+def test_trial_permits_lost_with_a_dead_process_do_not_wedge_the_breaker(namespace):
+    """Another process took every trial and exited; after the open wait a new round starts."""
+    cfg = {
+        "MINIMUM_NUMBER_OF_CALLS": 5,
+        "WAIT_DURATION_IN_OPEN_STATE": 0.2,
+        "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 3,
+    }
+    here = make(namespace, **cfg)
+    child(namespace, "trip", cfg)
+    time.sleep(0.25)
+    assert child(namespace, "trials", cfg) == {"admitted": 3}
+    with pytest.raises(CircuitOpenError):
+        here.call(lambda: "never")
+    time.sleep(0.25)
+    for _ in range(3):
+        assert here.call(lambda: "ok") == "ok"
+    assert here.current_state == "closed"
