@@ -2,12 +2,18 @@
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from booking.contracts import OrderInputSerializer, idempotency_key
 from gateway import clients, services
-from orders.apis import OrderInputSerializer, idempotency_key
+
+
+class ShowNotFound(APIException):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_code = "show_not_found"
+    default_detail = "No show with that id."
 
 
 class RecommendationsOutputSerializer(serializers.Serializer):
@@ -41,7 +47,7 @@ class ShowDetailApi(APIView):
         try:
             return Response(services.show_get(show_id))
         except clients.NotFound:
-            raise NotFound({"code": "show_not_found", "message": "No show with that id."}) from None
+            raise ShowNotFound() from None
 
 
 class ShowRecommendationsApi(APIView):

@@ -4,12 +4,10 @@ from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from booking.contracts import OrderInputSerializer, idempotency_key
 from orders import services
-from orders.exceptions import IdempotencyKeyMissing, OrderNotFound
+from orders.exceptions import OrderNotFound
 from orders.models import Order
-
-MAX_SEATS_PER_ORDER = 10
-MAX_KEY_LENGTH = 255
 
 
 class OrderInProgress(APIException):
@@ -17,15 +15,6 @@ class OrderInProgress(APIException):
     default_code = "request_in_flight"
     default_detail = (
         "An order with this Idempotency-Key is being placed right now; ask again shortly."
-    )
-
-
-class OrderInputSerializer(serializers.Serializer):
-    show_id = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
-    quantity = serializers.IntegerField(min_value=1, max_value=MAX_SEATS_PER_ORDER)
-    email = serializers.EmailField(max_length=254)
-    card_token = serializers.RegexField(
-        r"^tok_[A-Za-z0-9_]{1,60}$", error_messages={"invalid": "A card token looks like tok_visa."}
     )
 
 
@@ -45,13 +34,6 @@ class OrderOutputSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
-
-
-def idempotency_key(request) -> str:
-    key = request.headers.get("Idempotency-Key", "").strip()
-    if not key or len(key) > MAX_KEY_LENGTH:
-        raise IdempotencyKeyMissing()
-    return key
 
 
 class OrderCreateApi(APIView):

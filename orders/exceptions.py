@@ -2,14 +2,6 @@ from rest_framework import status
 from rest_framework.exceptions import APIException
 
 
-class IdempotencyKeyMissing(APIException):
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "idempotency_key_missing"
-    default_detail = (
-        "An order needs an Idempotency-Key header (any unique string, up to 255 characters)."
-    )
-
-
 class IdempotencyKeyReused(APIException):
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     default_code = "idempotency_key_reused"

@@ -1,3 +1,5 @@
+from decimal import Decimal
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -19,7 +21,9 @@ class ChargeOutputSerializer(serializers.ModelSerializer):
 class ChargeApi(APIView):
     class InputSerializer(serializers.Serializer):
         order_id = serializers.CharField(max_length=64)
-        amount = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0.01)
+        amount = serializers.DecimalField(
+            max_digits=10, decimal_places=2, min_value=Decimal("0.01")
+        )
         currency = serializers.RegexField(r"^[A-Z]{3}$", default="EUR")
         card_token = serializers.RegexField(r"^tok_[A-Za-z0-9_]{1,60}$")
 

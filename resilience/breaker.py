@@ -240,7 +240,9 @@ class CircuitBreaker:
                 if self.storage.acquire_trial(permitted, epoch):
                     return PERMIT_TRIAL, epoch
                 # Trials that never report back (their process died) must not wedge it here.
-                restarted = self._transition(HALF_OPEN, HALF_OPEN, reason="trial calls did not report back")
+                restarted = self._transition(
+                    HALF_OPEN, HALF_OPEN, reason="trial calls did not report back"
+                )
                 if restarted and self.storage.acquire_trial(permitted, restarted):
                     return PERMIT_TRIAL, restarted
             elif state == CLOSED:

@@ -184,7 +184,11 @@ def _read_body(response: requests.Response, until: float, policy: Policy) -> Non
     raw = response.raw
     connection = getattr(raw, "connection", None)
     sock = getattr(connection, "sock", None)
-    guard = watchdog.guard(sock, until) if sock is not None and raw.chunked else contextlib.nullcontext()
+    guard = (
+        watchdog.guard(sock, until)
+        if sock is not None and raw.chunked
+        else contextlib.nullcontext()
+    )
     chunks = []
     late = f"{response.url}: response not complete in time"
     try:

@@ -63,7 +63,9 @@ class MemoryStorage(pybreaker.CircuitMemoryStorage):
         """
         with self._lock:
             current = self.state
-            if (expected is not None and current != expected) or (expected is None and current == new):
+            if (expected is not None and current != expected) or (
+                expected is None and current == new
+            ):
                 return 0
             now = self._clock.now()
             if new == HALF_OPEN:
@@ -181,8 +183,16 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
             self._fallback_circuit_state = CLOSED
             self._cluster_mode = False
             self._unavailable("initialise")
-        names = ("state", "since_ms", "trials_started", "trials_done", "trials_failed",
-                 "trials_slow", "epoch", "mode")
+        names = (
+            "state",
+            "since_ms",
+            "trials_started",
+            "trials_done",
+            "trials_failed",
+            "trials_slow",
+            "epoch",
+            "mode",
+        )
         self._keys = {name: self._namespace(name) for name in names}
         self._transition = client.register_script(_TRANSITION)
         self._acquire = client.register_script(_ACQUIRE_TRIAL)
@@ -193,14 +203,19 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
     def _unavailable(self, operation: str) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
-            logger.error("Redis unreachable for circuit-breaker state (%s, %s): using this "
-                         "process's own state until it is back.", self._namespace_name, operation)
+            logger.error(
+                "Redis unreachable for circuit-breaker state (%s, %s): using this "
+                "process's own state until it is back.",
+                self._namespace_name,
+                operation,
+            )
 
     def _recovered(self) -> None:
         if self._down_since is not None:
             self._down_since = None
-            logger.warning("Redis reachable again for circuit-breaker state (%s).",
-                           self._namespace_name)
+            logger.warning(
+                "Redis reachable again for circuit-breaker state (%s).", self._namespace_name
+            )
 
     def snapshot(self) -> tuple[str, str, int]:
         k = self._keys
@@ -234,8 +249,15 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
 
     def transition(self, expected: str | None, new: str, *, wait: float = 0.0) -> int:
         k = self._keys
-        keys = [k["state"], k["since_ms"], k["trials_started"], k["trials_done"],
-                k["trials_failed"], k["trials_slow"], k["epoch"]]
+        keys = [
+            k["state"],
+            k["since_ms"],
+            k["trials_started"],
+            k["trials_done"],
+            k["trials_failed"],
+            k["trials_slow"],
+            k["epoch"],
+        ]
         try:
             epoch = int(self._transition(keys=keys, args=[expected or "", new, int(wait * 1000)]))
         except RedisError:
@@ -248,8 +270,11 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
     def acquire_trial(self, permitted: int, epoch: int) -> bool:
         k = self._keys
         try:
-            return bool(self._acquire(keys=[k["state"], k["trials_started"], k["epoch"]],
-                                      args=[permitted, epoch]))
+            return bool(
+                self._acquire(
+                    keys=[k["state"], k["trials_started"], k["epoch"]], args=[permitted, epoch]
+                )
+            )
         except RedisError:
             self._unavailable("acquire_trial")
             return self._local.acquire_trial(permitted, self._local.snapshot()[2])
@@ -264,7 +289,13 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
         k = self._keys
         try:
             done, failures, slows = self._record(
-                keys=[k["state"], k["trials_done"], k["trials_failed"], k["trials_slow"], k["epoch"]],
+                keys=[
+                    k["state"],
+                    k["trials_done"],
+                    k["trials_failed"],
+                    k["trials_slow"],
+                    k["epoch"],
+                ],
                 args=[int(failed), int(slow), epoch],
             )
         except RedisError:
@@ -275,8 +306,18 @@ class RedisStorage(pybreaker.CircuitRedisStorage):
     def clear(self) -> None:
         k = self._keys
         try:
-            self._clear(keys=[k["state"], k["since_ms"], k["trials_started"], k["trials_done"],
-                              k["trials_failed"], k["trials_slow"], k["mode"], k["epoch"]])
+            self._clear(
+                keys=[
+                    k["state"],
+                    k["since_ms"],
+                    k["trials_started"],
+                    k["trials_done"],
+                    k["trials_failed"],
+                    k["trials_slow"],
+                    k["mode"],
+                    k["epoch"],
+                ]
+            )
         except RedisError:
             self._unavailable("clear")
         self._local.clear()

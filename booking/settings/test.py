@@ -13,8 +13,13 @@ INSTALLED_APPS = [
     "notifications",
     "recommendations",
 ]
-ROOT_URLCONF = "booking.urls.base"
+ROOT_URLCONF = "booking.urls.test"
 DATABASES = {"default": service_database("test")}
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 EMAIL_FILE_PATH = VAR_DIR / "test-mail"
 PAYMENTS_LATENCY_MS = (0, 0)
+
+# Threads and the live server write concurrently: a real file (WAL, busy timeout), not the
+# in-memory database whose shared cache fails with "table is locked" instead of waiting.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "db" / "test-suite.sqlite3")}

@@ -1,0 +1,31 @@
+"""Public request shapes that more than one service validates (the gateway and orders)."""
+
+from rest_framework import serializers, status
+from rest_framework.exceptions import APIException
+
+MAX_SEATS_PER_ORDER = 10
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+class IdempotencyKeyMissing(APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "idempotency_key_missing"
+    default_detail = (
+        "An order needs an Idempotency-Key header (any unique string, up to 255 characters)."
+    )
+
+
+class OrderInputSerializer(serializers.Serializer):
+    show_id = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
+    quantity = serializers.IntegerField(min_value=1, max_value=MAX_SEATS_PER_ORDER)
+    email = serializers.EmailField(max_length=254)
+    card_token = serializers.RegexField(
+        r"^tok_[A-Za-z0-9_]{1,60}$", error_messages={"invalid": "A card token looks like tok_visa."}
+    )
+
+
+def idempotency_key(request) -> str:
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise IdempotencyKeyMissing()
+    return key

@@ -1,0 +1,95 @@
+"""The gateway: public API, recommendations fallback chain, and the storefront pages."""
+
+import socket
+
+from recommendations.services import cobooking_add
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_shows_are_listed_through_inventory(client, stack, make_show):
+    show = make_show(seats_total=7)
+    shows = client.get("/gateway/api/shows/").json()
+    assert [(s["id"], s["seats_available"]) for s in shows] == [(show.pk, 7)]
+    assert client.get(f"/gateway/api/shows/{show.pk}/").json()["title"] == show.title
+    assert client.get("/gateway/api/shows/999999/").json()["code"] == "show_not_found"
+
+
+def test_recommendations_fall_back_from_live_to_cache_to_popular(
+    client, stack, settings, make_show
+):
+    seen, other, unseen, popular = (
+        make_show(title=t) for t in ("Seen", "Other", "Unseen", "Popular")
+    )
+    popular.seats_sold = 5
+    popular.save()
+    cobooking_add(show_id=seen.pk, other_show_id=other.pk, count=3)
+    live = client.get(f"/gateway/api/shows/{seen.pk}/recommendations/").json()
+    assert live == {
+        "source": "live",
+        "shows": [{"id": other.pk, "title": "Other", "artist": "The Testers"}],
+    }
+
+    settings.SERVICES = {**settings.SERVICES, "recommendations": closed_port_url()}
+    cached = client.get(f"/gateway/api/shows/{seen.pk}/recommendations/").json()
+    assert cached == {"source": "cache", "shows": live["shows"]}
+    fallback = client.get(f"/gateway/api/shows/{unseen.pk}/recommendations/").json()
+    assert fallback["source"] == "popular"
+    assert fallback["shows"][0]["title"] == "Popular"
+    assert unseen.pk not in [s["id"] for s in fallback["shows"]]
+
+
+def test_orders_pass_through_the_gateway(client, stack, make_show):
+    show = make_show()
+    body = {"show_id": show.pk, "quantity": 1, "email": "a@example.com", "card_token": "tok_visa"}
+    created = client.post(
+        "/gateway/api/orders/", body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="g1"
+    )
+    assert (created.status_code, created.json()["status"]) == (201, "confirmed")
+    fetched = client.get(f"/gateway/api/orders/{created.json()['id']}/").json()
+    assert fetched["id"] == created.json()["id"]
+    missing = client.post("/gateway/api/orders/", body, content_type="application/json")
+    assert (missing.status_code, missing.json()["code"]) == (400, "idempotency_key_missing")
+
+
+def test_orders_unavailable_is_a_503_json(client, stack, settings, make_show):
+    show = make_show()
+    settings.SERVICES = {**settings.SERVICES, "orders": closed_port_url()}
+    body = {"show_id": show.pk, "quantity": 1, "email": "a@example.com", "card_token": "tok_visa"}
+    response = client.post(
+        "/gateway/api/orders/", body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="g"
+    )
+    assert (response.status_code, response.json()["code"]) == (503, "dependency_unavailable")
+
+
+def test_the_storefront_renders_and_books(client, stack, settings, make_show):
+    show = make_show(title="Winter Lights")
+    assert "Winter Lights" in client.get("/gateway/").content.decode()
+    page = client.get(f"/gateway/shows/{show.pk}/")
+    assert page.status_code == 200
+    assert "Book now" in page.content.decode()
+    key = page.context["form"].initial["idempotency_key"]
+    form = {
+        "quantity": 2,
+        "email": "fan@example.com",
+        "card_token": "tok_visa",
+        "idempotency_key": key,
+    }
+    booked = client.post(f"/gateway/shows/{show.pk}/", form)
+    assert booked.status_code == 302
+    again = client.post(f"/gateway/shows/{show.pk}/", form)  # a double submit books once
+    assert again["Location"] == booked["Location"]
+    order_page = client.get(booked["Location"])
+    assert "confirmed" in order_page.content.decode()
+    settings.SERVICES = {**settings.SERVICES, "recommendations": closed_port_url()}
+    degraded = client.get(f"/gateway/shows/{show.pk}/").content.decode()
+    assert "popular" in degraded
+
+
+def test_unknown_urls_answer_json_404(client, db):
+    response = client.get("/no/such/thing/")
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
