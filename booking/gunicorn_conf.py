@@ -1,0 +1,37 @@
+"""gunicorn settings shared by every service; what varies comes from the environment.
+
+Threaded workers (gthread), several processes per service, so that cross-process behaviour
+(breaker state, metrics, bulkheads per process) is real.
+"""
+
+import glob
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# Above the longest deadline of any call into a service: gunicorn must never kill a worker
+# that is still inside its resilience budget.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = 5
+keepalive = 5
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+errorlog = "-"
+proc_name = os.environ.get("GUNICORN_PROC_NAME", "booking")
+
+
+def on_starting(server):
+    # Per-process metric files of an earlier run would be summed into this one's.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for path in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(path)
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
