@@ -119,6 +119,10 @@ def bench_function_overhead(calls: int, rounds: int) -> None:
     )
     if "resilience policy (Redis state)" not in results:
         print(f"   (Redis state not measured: no Redis at {REDIS_URL})")
+    else:
+        keys = list(client.scan_iter(f"bench-{os.getpid()}:*"))
+        if keys:
+            client.delete(*keys)
 
 
 class _Quick(BaseHTTPRequestHandler):

@@ -50,7 +50,7 @@ if env_str("CACHE_URL"):
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": env_str("CACHE_URL"),
-            "KEY_PREFIX": "booking",
+            "KEY_PREFIX": env_str("BOOKING_NAMESPACE", "booking"),
         }
     }
 
@@ -109,6 +109,9 @@ SERVICES = {
 # Shared circuit-breaker state: None keeps each process's state in memory.
 RESILIENCE_STORAGE = env_str("RESILIENCE_STORAGE_URL") or None
 RESILIENCE_ENABLED = env_bool("RESILIENCE_ENABLED", True)
+# Redis keys of shared breaker state; each service adds its name, so that the gateway's and
+# orders' breakers for inventory stay separate on one Redis.
+RESILIENCE_NAMESPACE = env_str("BOOKING_NAMESPACE", "booking")
 
 # One policy per downstream dependency of any service (a service only builds the ones it
 # uses). Budgets nest: the gateway's deadline for orders covers orders' own calls.

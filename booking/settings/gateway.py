@@ -1,12 +1,13 @@
 """The gateway service."""
 
 from booking.settings.base import *  # noqa: F403
-from booking.settings.base import INSTALLED_APPS, service_database
+from booking.settings.base import INSTALLED_APPS, RESILIENCE_NAMESPACE, service_database
 
 SERVICE_NAME = "gateway"
 INSTALLED_APPS = [*INSTALLED_APPS, "gateway"]
 ROOT_URLCONF = "booking.urls.gateway"
 DATABASES = {"default": service_database(SERVICE_NAME)}
+RESILIENCE_NAMESPACE = f"{RESILIENCE_NAMESPACE}:{SERVICE_NAME}"
 
 # Shared by every worker process of the gateway: the recommendations cache and the catalogue.
 if not env_str("CACHE_URL"):  # noqa: F405

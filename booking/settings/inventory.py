@@ -1,10 +1,11 @@
 """The inventory service."""
 
 from booking.settings.base import *  # noqa: F403
-from booking.settings.base import INSTALLED_APPS, service_database
+from booking.settings.base import INSTALLED_APPS, RESILIENCE_NAMESPACE, service_database
 
 SERVICE_NAME = "inventory"
 INSTALLED_APPS = [*INSTALLED_APPS, "inventory"]
 ROOT_URLCONF = "booking.urls.inventory"
 DATABASES = {"default": service_database(SERVICE_NAME)}
+RESILIENCE_NAMESPACE = f"{RESILIENCE_NAMESPACE}:{SERVICE_NAME}"
 SERVICE_DEPENDENCIES = []

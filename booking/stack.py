@@ -1,0 +1,318 @@
+"""The local stack: every service as its own gunicorn process group, the task worker and the
+hold sweeper, supervised by supervisor, all on 127.0.0.1.
+
+Ports come from ``settings.SERVICES``; everything the processes write (databases, logs,
+metrics, mail, supervisor's socket) goes under ``settings.VAR_DIR``. With
+``STACK_DATABASE_URL`` (for example ``postgres://postgres@127.0.0.1:5432/booking_{service}``)
+each service gets its own PostgreSQL database instead of its own SQLite file.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+from django.conf import settings
+
+SERVICES = ("gateway", "orders", "payments", "inventory", "notifications", "recommendations")
+DEMO_DATA_OWNERS = ("inventory", "recommendations")
+# Passed to every process, so that the same checkout behaves the same under the stack.
+FORWARDED = (
+    "RESILIENCE_ENABLED",
+    "RESILIENCE_STORAGE_URL",
+    "CACHE_URL",
+    "BOOKING_NAMESPACE",
+    "LOG_LEVEL",
+    "ORDERS_SETTLE_BACKOFF_INITIAL",
+    "ORDERS_SETTLE_BACKOFF_MAX",
+    "ORDERS_SAFETY_NET_DELAY",
+    "PAYMENTS_LATENCY_MIN_MS",
+    "PAYMENTS_LATENCY_MAX_MS",
+    "SEAT_HOLD_TTL",
+    "DJANGO_SECRET_KEY",
+    "GUNICORN_WORKERS",
+    "GUNICORN_THREADS",
+)
+
+
+class StackError(Exception):
+    pass
+
+
+class Stack:
+    def __init__(self, *, out: Callable[[str], None] = print) -> None:
+        self.root = Path(settings.BASE_DIR)
+        self.var = Path(settings.VAR_DIR)
+        self.dir = self.var / "stack"
+        self.conf = self.dir / "supervisord.conf"
+        self.out = out
+        self.python = sys.executable
+
+    # -- what runs where ---------------------------------------------------------------------
+
+    def bind(self, service: str) -> str:
+        url = urlparse(settings.SERVICES[service])
+        if url.hostname not in ("127.0.0.1", "localhost"):
+            raise StackError(
+                f"{service} is at {settings.SERVICES[service]}: the local stack only runs on 127.0.0.1"
+            )
+        return f"127.0.0.1:{url.port or 80}"
+
+    def env(self, service: str) -> dict[str, str]:
+        env = {
+            "DJANGO_SETTINGS_MODULE": f"booking.settings.{service}",
+            "BOOKING_VAR_DIR": str(self.var),
+            "PYTHONUNBUFFERED": "1",
+            **{f"{name.upper()}_URL": settings.SERVICES[name] for name in SERVICES},
+        }
+        template = os.environ.get("STACK_DATABASE_URL")
+        if template:
+            env["DATABASE_URL"] = template.format(service=service)
+        for name in FORWARDED:
+            if name in os.environ:
+                env[name] = os.environ[name]
+        return env
+
+    def programs(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """Supervisor program name -> (command, environment)."""
+        programs = {}
+        for service in SERVICES:
+            env = {
+                **self.env(service),
+                "GUNICORN_BIND": self.bind(service),
+                "GUNICORN_PROC_NAME": f"booking-{service}",
+                "PROMETHEUS_MULTIPROC_DIR": str(self.var / "prometheus" / service),
+            }
+            programs[service] = (
+                f"{self.python} -m gunicorn booking.wsgi:application -c booking/gunicorn_conf.py",
+                env,
+            )
+        programs["orders-worker"] = (
+            f"{self.python} manage.py db_worker --interval 0.5 --no-startup-delay",
+            self.env("orders"),
+        )
+        programs["inventory-sweeper"] = (
+            f"{self.python} manage.py release_expired_holds --every 30",
+            self.env("inventory"),
+        )
+        return programs
+
+    # -- preparing ---------------------------------------------------------------------------------
+
+    def manage(self, service: str, *args: str) -> None:
+        env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, **self.env(service)}
+        done = subprocess.run(
+            [self.python, "manage.py", *args],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode:
+            raise StackError(
+                f"{service}: manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
+            )
+
+    def create_databases(self) -> None:
+        template = os.environ.get("STACK_DATABASE_URL")
+        if not template:
+            return
+        import psycopg
+
+        admin = urlparse(template.format(service="x"))._replace(path="/postgres").geturl()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for service in SERVICES:
+                name = urlparse(template.format(service=service)).path.lstrip("/")
+                if not conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+                ).fetchone():
+                    conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop_databases(self) -> None:
+        """Remove the PostgreSQL databases ``create_databases`` made (tests use throwaway ones)."""
+        template = os.environ.get("STACK_DATABASE_URL")
+        if not template:
+            return
+        import psycopg
+
+        admin = urlparse(template.format(service="x"))._replace(path="/postgres").geturl()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for service in SERVICES:
+                name = urlparse(template.format(service=service)).path.lstrip("/")
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def prepare(self) -> None:
+        for sub in ("db", "log", "mail", "stack", "cache"):
+            (self.var / sub).mkdir(parents=True, exist_ok=True)
+        self.create_databases()
+        self.out("Migrating the databases of all six services ...")
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            list(pool.map(lambda s: self.manage(s, "migrate", "--noinput"), SERVICES))
+        for service in DEMO_DATA_OWNERS:
+            self.manage(service, "demo_data")
+        self.write_config()
+
+    def write_config(self) -> None:
+        def quote(value: str) -> str:
+            return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
+
+        lines = [
+            "[unix_http_server]",
+            f"file={self.dir / 'supervisor.sock'}",
+            "",
+            "[supervisord]",
+            f"logfile={self.var / 'log' / 'supervisord.log'}",
+            f"pidfile={self.dir / 'supervisord.pid'}",
+            "loglevel=warn",
+            "",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "",
+            "[supervisorctl]",
+            f"serverurl=unix://{self.dir / 'supervisor.sock'}",
+            "",
+        ]
+        for name, (command, env) in self.programs().items():
+            lines += [
+                f"[program:{name}]",
+                f"command={command}",
+                f"directory={self.root}",
+                "environment=" + ",".join(f"{k}={quote(v)}" for k, v in env.items()),
+                f"stdout_logfile={self.var / 'log' / f'{name}.log'}",
+                "redirect_stderr=true",
+                "stopasgroup=true",
+                "killasgroup=true",
+                "stopwaitsecs=10",
+                "autorestart=unexpected",
+                "startsecs=1",
+                "",
+            ]
+        self.conf.write_text("\n".join(lines))
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def ctl(self, *args: str, check: bool = True) -> str:
+        done = subprocess.run(
+            [self.python, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and done.returncode not in (0, 3):  # 3: some program is not running (status)
+            raise StackError(f"supervisorctl {' '.join(args)}: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def running(self) -> bool:
+        pid_file = self.dir / "supervisord.pid"
+        if not pid_file.exists():
+            return False
+        try:
+            os.kill(int(pid_file.read_text().strip()), 0)
+        except (ValueError, ProcessLookupError):
+            return False
+        return True
+
+    def health(self) -> dict[str, int | None]:
+        status = {}
+        for service in SERVICES:
+            try:
+                status[service] = requests.get(
+                    f"{settings.SERVICES[service]}/health/", timeout=2
+                ).status_code
+            except requests.RequestException:
+                status[service] = None
+        return status
+
+    def wait_healthy(self, timeout: float = 90.0, alive: Callable[[], bool] = lambda: True) -> None:
+        end = time.monotonic() + timeout
+        waiting = list(SERVICES)
+        while waiting:
+            if not alive():
+                raise StackError(
+                    "supervisord exited while the services were starting: see var/log/"
+                )
+            if time.monotonic() > end:
+                raise StackError(
+                    f"not healthy after {timeout:.0f} s: {', '.join(waiting)} (logs in {self.var / 'log'})"
+                )
+            health = self.health()
+            waiting = [s for s in SERVICES if health[s] != 200]
+            if waiting:
+                time.sleep(0.3)
+
+    def supervisord(self, *, foreground: bool) -> list[str]:
+        return [
+            self.python,
+            "-m",
+            "supervisor.supervisord",
+            "-c",
+            str(self.conf),
+            *(["-n"] if foreground else []),
+        ]
+
+    def up(self) -> None:
+        if self.running():
+            raise StackError(
+                f"the stack is already running (supervisord pid in {self.dir}); `stack down` first"
+            )
+        self.prepare()
+        subprocess.run(self.supervisord(foreground=False), check=True, cwd=self.root, timeout=60)
+        self.wait_healthy()
+        self.banner()
+
+    def up_foreground(self) -> int:
+        """Run until Ctrl-C (or SIGTERM), then stop every process this started."""
+        if self.running():
+            raise StackError(
+                f"the stack is already running (supervisord pid in {self.dir}); `stack down` first"
+            )
+        self.prepare()
+        child = subprocess.Popen(
+            self.supervisord(foreground=True), cwd=self.root, start_new_session=True
+        )
+        previous = signal.signal(
+            signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())
+        )
+        try:
+            self.wait_healthy(alive=lambda: child.poll() is None)
+            self.banner()
+            self.out("Press Ctrl-C to stop everything.")
+            return child.wait()
+        except KeyboardInterrupt:
+            self.out("\nStopping every service ...")
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)  # supervisord stops each program's process group
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+            self.out("Stopped.")
+
+    def down(self) -> None:
+        if not self.running():
+            self.out("The stack is not running.")
+            return
+        self.ctl("shutdown")
+        end = time.monotonic() + 30
+        while self.running() and time.monotonic() < end:
+            time.sleep(0.2)
+        self.out("Stopped.")
+
+    def banner(self) -> None:
+        gateway = settings.SERVICES["gateway"]
+        self.out(f"\nThe concert-booking stack is up (logs in {self.var / 'log'}):")
+        self.out(f"  storefront       {gateway}/")
+        self.out(f"  public API       {gateway}/api/shows/   (docs: {gateway}/api/docs/)")
+        for service in SERVICES:
+            self.out(f"  {service:<16} {settings.SERVICES[service]}/health/  /metrics")

@@ -1,0 +1,180 @@
+"""End to end: the real stack of gunicorn processes, driven over HTTP as a user would."""
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = ("gateway", "orders", "payments", "inventory", "notifications", "recommendations")
+
+
+def book(stack, *, show_id, quantity=2, card_token="tok_visa", key=None, email="fan@example.com"):
+    return requests.post(
+        stack.url("gateway", "/api/orders/"),
+        json={"show_id": show_id, "quantity": quantity, "email": email, "card_token": card_token},
+        headers={"Idempotency-Key": key or uuid.uuid4().hex},
+        timeout=30,
+    )
+
+
+def show(stack, show_id):
+    return requests.get(stack.url("inventory", f"/api/shows/{show_id}/"), timeout=5).json()
+
+
+def charges(stack, order_id):
+    return requests.get(
+        stack.url("payments", "/api/charges/"), params={"order_id": order_id}, timeout=5
+    ).json()
+
+
+def test_every_service_answers_health_and_metrics(stack):
+    for service in SERVICES:
+        health = requests.get(stack.url(service, "/health/"), timeout=5)
+        assert health.status_code == 200, service
+        assert health.json()["service"] == service
+        metrics = requests.get(stack.url(service, "/metrics"), timeout=5)
+        assert metrics.status_code == 200
+        assert metrics.headers["Content-Type"].startswith("text/plain")
+    orders_metrics = requests.get(stack.url("orders", "/metrics"), timeout=5).text
+    assert (
+        'resilience_bulkhead_max_allowed_concurrent_calls{name="notifications"}' in orders_metrics
+    )
+
+
+def test_the_demo_shows_are_served_by_the_gateway(stack):
+    shows = requests.get(stack.url("gateway", "/api/shows/"), timeout=5).json()
+    assert len(shows) == 8
+    assert shows[0]["title"] == "Valentine's Night"
+    page = requests.get(stack.url("gateway", "/shows/1/"), timeout=5)
+    assert page.status_code == 200 and "Book now" in page.text
+
+
+def test_a_booking_of_two_seats_is_confirmed_charged_once_and_sold(stack):
+    before = show(stack, 2)["seats_sold"]
+    response = book(stack, show_id=2, quantity=2)
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert order["status"] == "confirmed"
+    assert [c["status"] for c in charges(stack, order["id"])] == ["succeeded"]
+    assert show(stack, 2)["seats_sold"] == before + 2
+    notified = stack.wait_for(
+        lambda: requests.get(
+            stack.url("notifications", "/api/notifications/"),
+            params={"order_id": order["id"]},
+            timeout=5,
+        ).json()
+    )
+    assert len(notified) == 1
+
+
+def test_the_same_idempotency_key_twice_is_one_order_and_one_charge(stack):
+    key = uuid.uuid4().hex
+    first, again = book(stack, show_id=3, key=key), book(stack, show_id=3, key=key)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert len(charges(stack, first.json()["id"])) == 1
+
+
+def test_a_declined_card_fails_with_no_charge_and_no_seat_kept(stack):
+    before = show(stack, 4)
+    response = book(stack, show_id=4, card_token="tok_decline")
+    order = response.json()
+    assert (order["status"], order["failure_code"]) == ("failed", "card_declined")
+    assert [c["status"] for c in charges(stack, order["id"])] == ["declined"]
+    after = show(stack, 4)
+    assert (after["seats_held"], after["seats_sold"]) == (
+        before["seats_held"],
+        before["seats_sold"],
+    )
+
+
+def test_concurrent_orders_for_the_last_seats_never_oversell(stack):
+    """Show 5 has 20 seats; 16 buyers ask for 2 each at once."""
+    start = threading.Barrier(16)
+
+    def buy(_):
+        start.wait()
+        return book(stack, show_id=5, quantity=2)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(buy, range(16)))
+    assert all(r.status_code < 500 for r in responses), [r.status_code for r in responses]
+    orders = [r.json() for r in responses]
+    confirmed = [o for o in orders if o["status"] == "confirmed"]
+    final = show(stack, 5)
+    assert final["seats_sold"] <= final["seats_total"]
+    assert final["seats_sold"] == sum(o["quantity"] for o in confirmed)
+    assert len(confirmed) == 10
+    for order in confirmed:
+        assert [c["status"] for c in charges(stack, order["id"])] == ["succeeded"]
+    assert {o["failure_code"] for o in orders if o["status"] == "failed"} == {"seats_unavailable"}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        ("{not json", {"Idempotency-Key": "x"}, 400, "parse_error"),
+        (
+            {"show_id": 1, "quantity": -1, "email": "a@b.co", "card_token": "tok_visa"},
+            {"Idempotency-Key": "x"},
+            400,
+            "invalid",
+        ),
+        (
+            {"show_id": 1, "quantity": 10**12, "email": "a@b.co", "card_token": "tok_visa"},
+            {"Idempotency-Key": "x"},
+            400,
+            "invalid",
+        ),
+        (
+            {"show_id": 999999, "quantity": 1, "email": "a@b.co", "card_token": "tok_visa"},
+            {"Idempotency-Key": uuid.uuid4().hex},
+            404,
+            "show_not_found",
+        ),
+        (
+            {"show_id": 1, "quantity": 1, "email": "nope", "card_token": "tok_visa"},
+            {"Idempotency-Key": "x"},
+            400,
+            "invalid",
+        ),
+        ([{"show_id": 1}], {"Idempotency-Key": "x"}, 400, "invalid"),
+        (
+            {"show_id": 1, "quantity": 1, "email": "a@b.co", "card_token": "tok_visa"},
+            {},
+            400,
+            "idempotency_key_missing",
+        ),
+    ],
+)
+def test_bad_input_is_a_4xx_json_answer(stack, body, headers, status, code):
+    kwargs = (
+        {"data": body, "headers": {**headers, "Content-Type": "application/json"}}
+        if isinstance(body, str)
+        else {"json": body, "headers": headers}
+    )
+    response = requests.post(stack.url("gateway", "/api/orders/"), timeout=10, **kwargs)
+    assert (response.status_code, response.json()["code"]) == (status, code)
+
+
+def test_a_charge_without_idempotency_key_is_a_400(stack):
+    response = requests.post(
+        stack.url("payments", "/api/charges/"),
+        timeout=5,
+        json={"order_id": "o", "amount": "1.00", "card_token": "tok_visa"},
+    )
+    assert (response.status_code, response.json()["code"]) == (400, "idempotency_key_missing")
+
+
+def test_a_stopped_service_refuses_connections_and_comes_back(stack):
+    assert stack.manage("stack", "stop", "recommendations").returncode == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(stack.url("recommendations", "/health/"), timeout=2)
+    answer = requests.get(stack.url("gateway", "/api/shows/6/recommendations/"), timeout=5).json()
+    assert answer["source"] in ("cache", "popular")
+    assert stack.manage("stack", "start", "recommendations").returncode == 0
+    stack.wait_for(lambda: stack.healthy("recommendations"))
