@@ -16,9 +16,47 @@ class ShowNotFound(APIException):
     default_detail = "No show with that id."
 
 
+class ShowOutputSerializer(serializers.Serializer):
+    """A show as inventory describes it (documentation of the passed-through answer)."""
+
+    id = serializers.IntegerField()
+    title = serializers.CharField()
+    artist = serializers.CharField()
+    venue = serializers.CharField()
+    city = serializers.CharField()
+    starts_at = serializers.DateTimeField()
+    price = serializers.DecimalField(max_digits=10, decimal_places=2)
+    seats_total = serializers.IntegerField()
+    seats_held = serializers.IntegerField()
+    seats_sold = serializers.IntegerField()
+    seats_available = serializers.IntegerField()
+
+
+class OrderOutputSerializer(serializers.Serializer):
+    """An order as the orders service describes it."""
+
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=["confirmed", "payment_pending", "failed", "pending"])
+    show_id = serializers.IntegerField()
+    show_title = serializers.CharField()
+    quantity = serializers.IntegerField()
+    email = serializers.EmailField()
+    amount = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True)
+    currency = serializers.CharField()
+    failure_code = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class RecommendedShowSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    title = serializers.CharField(allow_null=True)
+    artist = serializers.CharField(allow_null=True)
+
+
 class RecommendationsOutputSerializer(serializers.Serializer):
     source = serializers.ChoiceField(choices=["live", "cache", "popular"])
-    shows = serializers.ListField(child=serializers.DictField())
+    shows = RecommendedShowSerializer(many=True)
 
 
 def _passthrough(response) -> Response:
@@ -36,13 +74,13 @@ def _passthrough(response) -> Response:
 
 
 class ShowListApi(APIView):
-    @extend_schema(responses=serializers.ListSerializer(child=serializers.DictField()))
+    @extend_schema(responses=ShowOutputSerializer(many=True))
     def get(self, request):
         return Response(services.shows_list())
 
 
 class ShowDetailApi(APIView):
-    @extend_schema(responses=serializers.DictField())
+    @extend_schema(responses=ShowOutputSerializer)
     def get(self, request, show_id: int):
         try:
             return Response(services.show_get(show_id))
@@ -62,7 +100,7 @@ class OrderCreateApi(APIView):
             OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)
         ],
         request=OrderInputSerializer,
-        responses={201: serializers.DictField()},
+        responses={201: OrderOutputSerializer, 200: OrderOutputSerializer},
     )
     def post(self, request):
         key = idempotency_key(request)
@@ -73,6 +111,6 @@ class OrderCreateApi(APIView):
 
 
 class OrderDetailApi(APIView):
-    @extend_schema(responses=serializers.DictField())
+    @extend_schema(responses=OrderOutputSerializer)
     def get(self, request, order_id):
         return _passthrough(clients.orders_get(str(order_id)))

@@ -30,6 +30,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "resilience.middleware.DeadlineMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # The storefront's forms need both; DRF's API views are CSRF-exempt (no cookie auth).
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "booking.urls.base"
@@ -192,3 +195,24 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# Production: DJANGO_ENV=production. Only the gateway faces users (TLS ends at the load
+# balancer in front of it); the other services answer only on the private network.
+PRODUCTION = env_str("DJANGO_ENV", "development") == "production"
+if PRODUCTION:
+    from django.core.exceptions import ImproperlyConfigured
+
+    if SECRET_KEY.startswith("insecure-") or len(SECRET_KEY) < 50:
+        raise ImproperlyConfigured(
+            "DJANGO_ENV=production needs DJANGO_SECRET_KEY: 50+ random characters."
+        )
+    DEBUG = False
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Probes and Prometheus scrape over plain HTTP from inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = 31_536_000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
