@@ -28,6 +28,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "resilience.middleware.DeadlineMiddleware",
     "django.middleware.common.CommonMiddleware",
     # The storefront's forms need both; DRF's API views are CSRF-exempt (no cookie auth).
@@ -74,6 +75,9 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# Static files (the storefront's, the API docs') are served by whitenoise, from the apps
+# themselves when they were not collected.
+WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
