@@ -220,3 +220,17 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+
+
+def internal_service_overrides() -> dict:
+    """Settings of a service reached only over the private network, in plain HTTP.
+
+    Redirecting it to HTTPS would break every caller, and HSTS means nothing without TLS.
+    """
+    if not PRODUCTION:
+        return {}
+    return {
+        "SECURE_SSL_REDIRECT": False,
+        "SECURE_HSTS_SECONDS": 0,
+        "SILENCED_SYSTEM_CHECKS": ["security.W004", "security.W008"],
+    }

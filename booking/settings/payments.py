@@ -1,7 +1,12 @@
 """The payments service."""
 
 from booking.settings.base import *  # noqa: F403
-from booking.settings.base import INSTALLED_APPS, RESILIENCE_NAMESPACE, service_database
+from booking.settings.base import (
+    INSTALLED_APPS,
+    RESILIENCE_NAMESPACE,
+    internal_service_overrides,
+    service_database,
+)
 
 SERVICE_NAME = "payments"
 INSTALLED_APPS = [*INSTALLED_APPS, "payments"]
@@ -9,10 +14,4 @@ ROOT_URLCONF = "booking.urls.payments"
 DATABASES = {"default": service_database(SERVICE_NAME)}
 RESILIENCE_NAMESPACE = f"{RESILIENCE_NAMESPACE}:{SERVICE_NAME}"
 SERVICE_DEPENDENCIES = []
-
-# An internal service: reached only over the private network by the other services, in plain
-# HTTP. Redirecting it to HTTPS would break every caller.
-if PRODUCTION:  # noqa: F405
-    SECURE_SSL_REDIRECT = False
-    SECURE_HSTS_SECONDS = 0
-    SILENCED_SYSTEM_CHECKS = ["security.W004", "security.W008"]
+globals().update(internal_service_overrides())
