@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -6,6 +7,13 @@ from resilience import testing
 from tests.upstream import Upstream
 
 REDIS_URL = os.environ.get("REDIS_URL")
+
+
+def pytest_configure(config):
+    """The SQLite test database is a file under var/db/ (see booking/settings/test.py)."""
+    from django.conf import settings
+
+    (Path(settings.VAR_DIR) / "db").mkdir(parents=True, exist_ok=True)
 
 
 def pytest_collection_modifyitems(config, items):
