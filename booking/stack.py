@@ -24,6 +24,8 @@ SERVICES = ("gateway", "orders", "payments", "inventory", "notifications", "reco
 DEMO_DATA_OWNERS = ("inventory", "recommendations")
 # Passed to every process, so that the same checkout behaves the same under the stack.
 FORWARDED = (
+    "CHAOS_ENABLED",
+    "CHAOS_TOKEN",
     "RESILIENCE_ENABLED",
     "RESILIENCE_STORAGE_URL",
     "CACHE_URL",
@@ -74,6 +76,9 @@ class Stack:
         template = os.environ.get("STACK_DATABASE_URL")
         if template:
             env["DATABASE_URL"] = template.format(service=service)
+        # The local stack is for breaking things on purpose: chaos on, behind a token.
+        env["CHAOS_ENABLED"] = "1"
+        env["CHAOS_TOKEN"] = self.chaos_token()
         for name in FORWARDED:
             if name in os.environ:
                 env[name] = os.environ[name]
@@ -148,9 +153,24 @@ class Stack:
                 name = urlparse(template.format(service=service)).path.lstrip("/")
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def chaos_token(self) -> str:
+        """``CHAOS_TOKEN`` if set, else one made for this stack (kept in var/stack/chaos-token)."""
+        if os.environ.get("CHAOS_TOKEN"):
+            return os.environ["CHAOS_TOKEN"]
+        file = self.dir / "chaos-token"
+        if not file.exists():
+            import secrets
+
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(secrets.token_urlsafe(24))
+            file.chmod(0o600)
+        return file.read_text().strip()
+
     def prepare(self) -> None:
-        for sub in ("db", "log", "mail", "stack", "cache"):
+        for sub in ("db", "log", "mail", "stack", "cache", "chaos"):
             (self.var / sub).mkdir(parents=True, exist_ok=True)
+        for fault in (self.var / "chaos").glob("*.json"):
+            fault.unlink()  # a new stack starts without faults
         self.create_databases()
         self.out("Migrating the databases of all six services ...")
         with ThreadPoolExecutor(max_workers=3) as pool:
@@ -315,4 +335,5 @@ class Stack:
         self.out(f"  storefront       {gateway}/")
         self.out(f"  public API       {gateway}/api/shows/   (docs: {gateway}/api/docs/)")
         for service in SERVICES:
-            self.out(f"  {service:<16} {settings.SERVICES[service]}/health/  /metrics")
+            self.out(f"  {service:<16} {settings.SERVICES[service]}/health/  /metrics  /chaos/")
+        self.out(f"\nChaos token (Authorization: Bearer ...): {self.chaos_token()}")

@@ -23,12 +23,15 @@ INSTALLED_APPS = [
     "django_tasks",
     "django_tasks_db",
     "resilience",
+    "chaos",
     "booking",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # First after the basics: a fault makes the whole service slow or failing, as a real one would.
+    "chaos.middleware.ChaosMiddleware",
     "resilience.middleware.DeadlineMiddleware",
     "django.middleware.common.CommonMiddleware",
     # The storefront's forms need both; DRF's API views are CSRF-exempt (no cookie auth).
@@ -200,6 +203,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
 
+# Fault injection (/chaos/): absent unless enabled, and always behind the bearer token.
+CHAOS_ENABLED = env_bool("CHAOS_ENABLED", False)
+CHAOS_TOKEN = env_str("CHAOS_TOKEN", "") or ""
+
 # Production: DJANGO_ENV=production. Only the gateway faces users (TLS ends at the load
 # balancer in front of it); the other services answer only on the private network.
 PRODUCTION = env_str("DJANGO_ENV", "development") == "production"
@@ -210,6 +217,8 @@ if PRODUCTION:
         raise ImproperlyConfigured(
             "DJANGO_ENV=production needs DJANGO_SECRET_KEY: 50+ random characters."
         )
+    if CHAOS_ENABLED:
+        raise ImproperlyConfigured("CHAOS_ENABLED cannot be set with DJANGO_ENV=production.")
     DEBUG = False
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True

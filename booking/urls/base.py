@@ -1,6 +1,6 @@
 """URLs every service has: health, metrics, the OpenAPI schema and its browsable docs."""
 
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from booking.health import health
@@ -11,6 +11,7 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("", include("chaos.urls")),
 ]
 
 handler400 = "booking.errors.bad_request"

@@ -50,6 +50,7 @@ class RunningStack:
             "ORDERS_SETTLE_BACKOFF_INITIAL": "1",
             "ORDERS_SETTLE_BACKOFF_MAX": "2",
             "GUNICORN_WORKERS": "2",
+            "CHAOS_TOKEN": f"e2e-{os.getpid()}-chaos",
             **{f"{name.upper()}_URL": url for name, url in self.urls.items()},
         }
         database_url = os.environ.get("DATABASE_URL", "")
@@ -101,6 +102,10 @@ class RunningStack:
         for log in sorted((self.var_dir / "log").glob("*.log")):
             parts.append(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-15:]))
         return "\n".join(parts)
+
+    @property
+    def chaos_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.env['CHAOS_TOKEN']}"}
 
     def url(self, service: str, path: str) -> str:
         return self.urls[service] + path
