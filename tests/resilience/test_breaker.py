@@ -39,29 +39,20 @@ def run(breaker, outcome):
 
 
 def test_calls_through_a_closed_breaker_run_concurrently():
-    """50 concurrent 100 ms calls all run at once: the breaker holds no lock around the call."""
+    """50 calls meet at a barrier inside the guarded function: impossible if the breaker
+    held a lock around the call (pybreaker's does; see docs/benchmarks.md for the wall time)."""
     breaker = make_breaker()
-    inside = 0
-    peak = 0
-    lock = threading.Lock()
+    inside = threading.Barrier(50, timeout=10)
 
     def work():
-        nonlocal inside, peak
-        with lock:
-            inside += 1
-            peak = max(peak, inside)
+        inside.wait()  # BrokenBarrierError unless all 50 are inside at once
         time.sleep(0.1)
-        with lock:
-            inside -= 1
         return True
 
-    start = time.monotonic()
     with ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(lambda _: breaker.call(work), range(50)))
-    elapsed = time.monotonic() - start
     assert results == [True] * 50
-    assert peak == 50
-    assert elapsed < 0.35, f"50 concurrent 100 ms calls took {elapsed:.3f} s"
+    assert breaker.current_state == "closed"
 
 
 def test_sixty_percent_interleaved_failures_open_the_breaker():
