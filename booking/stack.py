@@ -47,6 +47,10 @@ class StackError(Exception):
     pass
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt()
+
+
 class Stack:
     def __init__(self, *, out: Callable[[str], None] = print) -> None:
         self.root = Path(settings.BASE_DIR)
@@ -297,9 +301,9 @@ class Stack:
         child = subprocess.Popen(
             self.supervisord(foreground=True), cwd=self.root, start_new_session=True
         )
-        previous = signal.signal(
-            signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())
-        )
+        # Our own handlers: a shell may have started us with SIGINT ignored (a background
+        # job), and SIGTERM (from a process manager) must clean up as Ctrl-C does.
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.wait_healthy(alive=lambda: child.poll() is None)
             self.banner()
@@ -309,7 +313,8 @@ class Stack:
             self.out("\nStopping every service ...")
             return 0
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)  # supervisord stops each program's process group
                 try:
