@@ -139,7 +139,9 @@ class ServiceClient:
             current = deadlines.current()
             if current is not None:
                 until = min(until, current.expires_at)
-                headers = {**headers, deadlines.HEADER: current.header_value()}
+            # The callee's budget is this attempt's: after it, nobody waits for the answer.
+            attempt = deadlines.Deadline(until, policy.clock)
+            headers = {**headers, deadlines.HEADER: attempt.header_value()}
         try:
             response = _session().request(
                 method,

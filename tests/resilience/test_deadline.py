@@ -58,11 +58,12 @@ def test_a_complete_trickled_answer_within_time_is_read_whole(make_policy, upstr
     assert response.content == b"x" * 10
 
 
-def test_the_remaining_deadline_travels_in_a_header(make_policy, upstream):
+def test_the_remaining_budget_travels_in_a_header(make_policy, upstream):
+    """Under a 2 s deadline, one attempt may take CONNECT + READ = 1.5 s: that is the callee's budget."""
     make_policy(DEADLINE=2.0)
     body = ServiceClient("upstream").get("/echo").json()
     sent = int(body["headers"][deadlines.HEADER])
-    assert 1500 < sent <= 2000
+    assert 1400 < sent <= 1500
 
 
 def test_an_outer_deadline_narrows_the_policy_deadline(make_policy, upstream):
@@ -141,3 +142,12 @@ def test_a_deadline_that_runs_out_just_before_an_attempt_is_a_deadline_error(mak
         with pytest.raises(DeadlineExceededError):
             client._attempt(policy, "GET", client.url("/ok"), {}, None, None)
     assert upstream.count("/ok") == 0
+
+
+def test_the_callee_is_told_when_this_attempt_gives_up_not_the_whole_deadline(
+    make_policy, upstream
+):
+    """A 1.2 s attempt under a 3 s deadline: the callee must stop after 1.2 s, not 3 s."""
+    make_policy(DEADLINE=3.0, TIMEOUT={"CONNECT": 0.2, "READ": 1.0})
+    sent = int(ServiceClient("upstream").get("/echo").json()["headers"][deadlines.HEADER])
+    assert 1000 < sent <= 1200
