@@ -1,5 +1,6 @@
 """Public request shapes that more than one service validates (the gateway and orders)."""
 
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException
 
@@ -29,3 +30,20 @@ def idempotency_key(request) -> str:
     if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise IdempotencyKeyMissing()
     return key
+
+
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=True,
+    description="Any unique string: the same key always means the same order.",
+)
+
+
+def order_request(request) -> tuple[str, dict]:
+    """The Idempotency-Key and the validated order of a booking request, or a 400."""
+    key = idempotency_key(request)
+    data = OrderInputSerializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    return key, data.validated_data

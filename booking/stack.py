@@ -7,6 +7,7 @@ metrics, mail, supervisor's socket) goes under ``settings.VAR_DIR``. With
 each service gets its own PostgreSQL database instead of its own SQLite file.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -129,16 +130,24 @@ class Stack:
                 f"{service}: manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
             )
 
-    def create_databases(self) -> None:
+    @contextlib.contextmanager
+    def _postgres(self):
+        """(connection to the server, the services' database names), or (None, []) on SQLite."""
         template = os.environ.get("STACK_DATABASE_URL")
         if not template:
+            yield None, []
             return
         import psycopg
 
         admin = urlparse(template.format(service="x"))._replace(path="/postgres").geturl()
+        names = [urlparse(template.format(service=s)).path.lstrip("/") for s in SERVICES]
         with psycopg.connect(admin, autocommit=True) as conn:
-            for service in SERVICES:
-                name = urlparse(template.format(service=service)).path.lstrip("/")
+            yield conn, names
+
+    def create_databases(self) -> None:
+        """With ``STACK_DATABASE_URL``, a PostgreSQL database per service, made if missing."""
+        with self._postgres() as (conn, names):
+            for name in names:
                 if not conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", [name]
                 ).fetchone():
@@ -146,15 +155,8 @@ class Stack:
 
     def drop_databases(self) -> None:
         """Remove the PostgreSQL databases ``create_databases`` made (tests use throwaway ones)."""
-        template = os.environ.get("STACK_DATABASE_URL")
-        if not template:
-            return
-        import psycopg
-
-        admin = urlparse(template.format(service="x"))._replace(path="/postgres").geturl()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            for service in SERVICES:
-                name = urlparse(template.format(service=service)).path.lstrip("/")
+        with self._postgres() as (conn, names):
+            for name in names:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def chaos_token(self) -> str:

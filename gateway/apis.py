@@ -1,12 +1,12 @@
 """The public JSON API: what browsers, the storefront and load tests call on port 8000."""
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking.contracts import OrderInputSerializer, idempotency_key
+from booking.contracts import IDEMPOTENCY_KEY_PARAMETER, OrderInputSerializer, order_request
 from gateway import clients, services
 
 
@@ -96,18 +96,13 @@ class ShowRecommendationsApi(APIView):
 
 class OrderCreateApi(APIView):
     @extend_schema(
-        parameters=[
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)
-        ],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         request=OrderInputSerializer,
         responses={201: OrderOutputSerializer, 200: OrderOutputSerializer},
     )
     def post(self, request):
-        key = idempotency_key(request)
-        # Refuse bad input here, before it costs a call to orders.
-        data = OrderInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        return _passthrough(clients.orders_create(idempotency_key=key, payload=request.data))
+        key, order = order_request(request)  # bad input is refused here, before it costs a call
+        return _passthrough(clients.orders_create(idempotency_key=key, payload=order))
 
 
 class OrderDetailApi(APIView):

@@ -1,10 +1,10 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking.contracts import OrderInputSerializer, idempotency_key
+from booking.contracts import IDEMPOTENCY_KEY_PARAMETER, OrderInputSerializer, order_request
 from orders import services
 from orders.exceptions import OrderNotFound
 from orders.models import Order
@@ -38,18 +38,14 @@ class OrderOutputSerializer(serializers.ModelSerializer):
 
 class OrderCreateApi(APIView):
     @extend_schema(
-        parameters=[
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)
-        ],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         request=OrderInputSerializer,
         responses={201: OrderOutputSerializer, 200: OrderOutputSerializer},
     )
     def post(self, request):
-        key = idempotency_key(request)
-        data = OrderInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
+        key, fields = order_request(request)
         try:
-            order, created = services.order_place(idempotency_key=key, **data.validated_data)
+            order, created = services.order_place(idempotency_key=key, **fields)
         except services.OrderInProgress:
             raise OrderInProgress() from None
         response = Response(
