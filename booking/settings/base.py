@@ -132,7 +132,7 @@ RESILIENCE_POLICIES = {
     },
     "inventory": {
         "TIMEOUT": {"CONNECT": 0.5, "READ": 1.5},
-        "DEADLINE": 2.5,
+        "DEADLINE": 2.0,  # one whole attempt; a retry only after a fast failure
         "RETRY": {"MAX_ATTEMPTS": 2, "BACKOFF_INITIAL": 0.1, "BACKOFF_MAX": 0.5},
         "CIRCUIT_BREAKER": {"SLOW_CALL_DURATION": 1.0, "WAIT_DURATION_IN_OPEN_STATE": 10.0},
         "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10},
@@ -174,7 +174,9 @@ RESILIENCE_POLICIES = {
     "orders": {
         "TIMEOUT": {"CONNECT": 0.5, "READ": 9.0},
         "DEADLINE": 10.0,
-        "RETRY": {"MAX_ATTEMPTS": 2, "BACKOFF_INITIAL": 0.2, "BACKOFF_MAX": 0.5},
+        # A retry could not fit in the deadline after a timed-out attempt; clients retry with their
+        # Idempotency-Key instead (manage.py budgets: payments sees at most 3 attempts per order).
+        "RETRY": {"MAX_ATTEMPTS": 1},
         "CIRCUIT_BREAKER": {"SLOW_CALL_DURATION": 8.0, "WAIT_DURATION_IN_OPEN_STATE": 10.0},
         "BULKHEAD": {"MAX_CONCURRENT_CALLS": 20},
     },

@@ -18,3 +18,11 @@ if not env_str("CACHE_URL"):  # noqa: F405
         }
     }
 SERVICE_DEPENDENCIES = ["inventory", "recommendations", "orders"]
+# What each endpoint calls, in order: the timeout-budget check (manage.py budgets) reads this.
+CALL_PATHS = {
+    "GET /api/shows/": ["inventory"],
+    "GET /api/shows/{id}/": ["inventory"],
+    "GET /api/shows/{id}/recommendations/": ["recommendations", "inventory"],
+    "POST /api/orders/": ["orders"],
+    "GET /api/orders/{id}/": ["orders"],
+}

@@ -15,3 +15,8 @@ DATABASES = {"default": service_database(SERVICE_NAME)}
 RESILIENCE_NAMESPACE = f"{RESILIENCE_NAMESPACE}:{SERVICE_NAME}"
 SERVICE_DEPENDENCIES = ["inventory", "payments", "notifications", "recommendations"]
 globals().update(internal_service_overrides())
+# What each endpoint calls, in order: the timeout-budget check (manage.py budgets) reads this.
+CALL_PATHS = {
+    "POST /api/orders/": ["inventory", "payments", "inventory", "notifications"],
+    "GET /api/orders/{id}/": [],
+}
