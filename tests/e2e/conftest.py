@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,6 +35,8 @@ def free_ports(n: int) -> list[int]:
 
 class RunningStack:
     def __init__(self, var_dir: Path) -> None:
+        # Several stacks run in one test session: each its own databases, Redis keys and token.
+        self.id = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self.var_dir = var_dir
         self.urls = {
             name: f"http://127.0.0.1:{port}"
@@ -50,19 +53,19 @@ class RunningStack:
             "ORDERS_SETTLE_BACKOFF_INITIAL": "1",
             "ORDERS_SETTLE_BACKOFF_MAX": "2",
             "GUNICORN_WORKERS": "2",
-            "CHAOS_TOKEN": f"e2e-{os.getpid()}-chaos",
+            "CHAOS_TOKEN": f"e2e-{self.id}-chaos",
             **{f"{name.upper()}_URL": url for name, url in self.urls.items()},
         }
         database_url = os.environ.get("DATABASE_URL", "")
         if database_url.startswith("postgres"):
             base = urlparse(database_url)
             self.env["STACK_DATABASE_URL"] = base._replace(
-                path=f"/e2e_{os.getpid()}_{{service}}"
+                path=f"/e2e_{self.id}_{{service}}"
             ).geturl()
         if os.environ.get("REDIS_URL"):
             self.env["RESILIENCE_STORAGE_URL"] = os.environ["REDIS_URL"]
             self.env["CACHE_URL"] = os.environ["REDIS_URL"]
-            self.env["BOOKING_NAMESPACE"] = f"e2e-{os.getpid()}"
+            self.env["BOOKING_NAMESPACE"] = f"e2e-{self.id}"
 
     def manage(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -81,6 +84,10 @@ class RunningStack:
 
     def down(self) -> None:
         self.manage("stack", "down", timeout=60)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Drop this stack's PostgreSQL databases and Redis keys, if it had any."""
         if "STACK_DATABASE_URL" in self.env:
             self.manage(
                 "shell",

@@ -50,6 +50,7 @@ def test_ctrl_c_stops_everything(tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        stack.cleanup()
     # make re-raises the SIGINT it got with the terminal's group (-2); what counts is below.
     assert process.returncode in (0, -signal.SIGINT), output
     assert "Stopped." in output
