@@ -10,7 +10,7 @@ import os
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # Above the longest deadline of any call into a service: gunicorn must never kill a worker
 # that is still inside its resilience budget.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))

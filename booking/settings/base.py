@@ -135,7 +135,9 @@ RESILIENCE_POLICIES = {
         "DEADLINE": 2.0,  # one whole attempt; a retry only after a fast failure
         "RETRY": {"MAX_ATTEMPTS": 2, "BACKOFF_INITIAL": 0.1, "BACKOFF_MAX": 0.5},
         "CIRCUIT_BREAKER": {"SLOW_CALL_DURATION": 1.0, "WAIT_DURATION_IN_OPEN_STATE": 10.0},
-        "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10},
+        # A burst queues briefly for a slot (bounded by the deadline); a hung inventory cannot
+        # take more than 10 of a worker's 16 threads.
+        "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10, "MAX_WAIT": 0.5},
     },
     "payments": {
         "TIMEOUT": {"CONNECT": 1.0, "READ": 1.5},
@@ -155,7 +157,7 @@ RESILIENCE_POLICIES = {
             "WAIT_DURATION_IN_OPEN_STATE": 30.0,
             "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 3,
         },
-        "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10},
+        "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10, "MAX_WAIT": 0.5},
     },
     "notifications": {
         "TIMEOUT": {"CONNECT": 0.3, "READ": 0.7},
@@ -172,8 +174,8 @@ RESILIENCE_POLICIES = {
         "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10},
     },
     "orders": {
-        "TIMEOUT": {"CONNECT": 0.5, "READ": 9.0},
-        "DEADLINE": 10.0,
+        "TIMEOUT": {"CONNECT": 0.5, "READ": 10.5},
+        "DEADLINE": 11.0,
         # A retry could not fit in the deadline after a timed-out attempt; clients retry with their
         # Idempotency-Key instead (manage.py budgets: payments sees at most 3 attempts per order).
         "RETRY": {"MAX_ATTEMPTS": 1},
