@@ -1,6 +1,6 @@
 import os
 
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -9,8 +9,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-
-from resilience.health import breaker_states
 
 
 @require_GET
@@ -22,9 +20,3 @@ def metrics(request) -> HttpResponse:
     else:
         registry = REGISTRY
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-
-
-@require_GET
-def health(request) -> JsonResponse:
-    """200 while this process works, whatever the state of its breakers, which it reports."""
-    return JsonResponse({"status": "ok", "circuit_breakers": breaker_states()})

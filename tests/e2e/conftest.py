@@ -6,7 +6,6 @@ service gets its own PostgreSQL database and the breakers and the gateway cache 
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,20 +16,11 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
+from tests.ports import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "orders", "payments", "inventory", "notifications", "recommendations")
 STARTUP_TIMEOUT = 120
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class RunningStack:

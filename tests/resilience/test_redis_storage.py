@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 from resilience import conf
 from resilience.breaker import CircuitBreaker
 from resilience.exceptions import CircuitOpenError
+from tests.ports import closed_port_url
 
 pytestmark = pytest.mark.redis
 
@@ -163,9 +163,7 @@ def test_manual_control_is_shared(namespace):
 
 
 def test_without_redis_the_breaker_keeps_protecting_on_local_state(caplog):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    dead = closed_port_url("redis") + "/0"
     config = conf.build_config("payments", {"payments": {"CIRCUIT_BREAKER": {"STORAGE": dead}}})
     breaker = CircuitBreaker("payments", config.circuit_breaker, namespace="unreachable")
 

@@ -1,7 +1,6 @@
 """Retry: only transient failures, only when safe, within the deadline and the retry budget."""
 
 import random
-import socket
 
 import pytest
 
@@ -15,6 +14,7 @@ from resilience.exceptions import (
 )
 from resilience.http import ServiceClient
 from resilience.retry import backoff, parse_retry_after
+from tests.ports import closed_port_url
 
 
 def test_a_transient_status_is_retried_until_it_succeeds(make_policy, upstream):
@@ -54,10 +54,7 @@ def test_a_500_counts_as_failure_but_is_not_retried(make_policy, upstream):
 
 def test_connection_refused_is_retried(make_policy, settings):
     policy = make_policy(RETRY={"MAX_ATTEMPTS": 3})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings.SERVICES = {**settings.SERVICES, "upstream": f"http://127.0.0.1:{port}"}
+    settings.SERVICES = {**settings.SERVICES, "upstream": closed_port_url()}
     with pytest.raises(UpstreamConnectionError):
         ServiceClient("upstream").get("/ok")
     assert testing.metric("resilience_retry_attempts_total", name=policy.name) == 2

@@ -1,14 +1,7 @@
 """The gateway: public API, recommendations fallback chain, and the storefront pages."""
 
-import socket
-
 from recommendations.services import cobooking_add
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+from tests.ports import closed_port_url
 
 
 def test_shows_are_listed_through_inventory(client, stack, make_show):

@@ -1,7 +1,5 @@
 """The booking flow across real services over HTTP: nothing lost, nothing charged twice."""
 
-import socket
-
 import pytest
 
 from inventory.models import SeatHold
@@ -10,6 +8,7 @@ from orders.models import Order
 from orders.tasks import settle_order
 from payments.models import Charge
 from recommendations.models import Booking
+from tests.ports import closed_port_url
 
 ORDER = {"show_id": None, "quantity": 2, "email": "fan@example.com", "card_token": "tok_visa"}
 
@@ -24,12 +23,6 @@ def place(client, show, key="key-1", **overrides):
 def settle(order_id):
     """Run the worker's task for one order, as db_worker would."""
     return settle_order.call(str(order_id), 0)
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def test_a_booking_is_confirmed_charged_once_and_sells_its_seats(client, stack, make_show):
