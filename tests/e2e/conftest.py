@@ -124,7 +124,7 @@ class RunningStack:
             return False
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one stack at a time: two on 2 cores skew latency bounds
 def stack(tmp_path_factory):
     running = RunningStack(tmp_path_factory.mktemp("stack"))
     try:
