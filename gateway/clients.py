@@ -1,6 +1,6 @@
 """Every call the gateway makes, each through the named policy of the service it calls."""
 
-from resilience.http import ServiceClient
+from booking.clients import service
 
 
 class NotFound(Exception):
@@ -8,13 +8,13 @@ class NotFound(Exception):
 
 
 def inventory_shows() -> list[dict]:
-    response = ServiceClient("inventory").get("/api/shows/")
+    response = service("inventory").get("/api/shows/")
     response.raise_for_status()
     return response.json()
 
 
 def inventory_show(show_id: int) -> dict:
-    response = ServiceClient("inventory").get(f"/api/shows/{show_id}/")
+    response = service("inventory").get(f"/api/shows/{show_id}/")
     if response.status_code == 404:
         raise NotFound()
     response.raise_for_status()
@@ -23,7 +23,7 @@ def inventory_show(show_id: int) -> dict:
 
 def recommendations_live(show_id: int, *, fallback):
     """The live recommendations (a list), or whatever ``fallback(exc)`` answered instead (a dict)."""
-    response = ServiceClient("recommendations").get(
+    response = service("recommendations").get(
         f"/api/recommendations/{show_id}/", fallback=fallback
     )
     if isinstance(response, dict):
@@ -35,10 +35,10 @@ def recommendations_live(show_id: int, *, fallback):
 
 def orders_create(*, idempotency_key: str, payload: dict):
     """The orders service's answer, passed through as it is (status and JSON body)."""
-    return ServiceClient("orders").post(
+    return service("orders").post(
         "/api/orders/", json=payload, idempotency_key=idempotency_key
     )
 
 
 def orders_get(order_id: str):
-    return ServiceClient("orders").get(f"/api/orders/{order_id}/")
+    return service("orders").get(f"/api/orders/{order_id}/")

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from decimal import Decimal
 
-from resilience.http import ServiceClient
+from booking.clients import service
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def _unexpected(response):
 
 
 def inventory_hold(*, order_id: str, show_id: int, quantity: int) -> Hold:
-    response = ServiceClient("inventory").post(
+    response = service("inventory").post(
         "/api/holds/",
         json={"order_id": order_id, "show_id": show_id, "quantity": quantity},
         idempotency_key=f"hold-{order_id}",
@@ -57,7 +57,7 @@ def inventory_hold(*, order_id: str, show_id: int, quantity: int) -> Hold:
 
 
 def inventory_confirm(*, order_id: str) -> None:
-    response = ServiceClient("inventory").post(
+    response = service("inventory").post(
         f"/api/holds/{order_id}/confirm/", idempotency_key=f"confirm-{order_id}"
     )
     if response.status_code == 200:
@@ -68,7 +68,7 @@ def inventory_confirm(*, order_id: str) -> None:
 
 
 def inventory_release(*, order_id: str) -> None:
-    response = ServiceClient("inventory").post(
+    response = service("inventory").post(
         f"/api/holds/{order_id}/release/", idempotency_key=f"release-{order_id}"
     )
     if response.status_code != 200:
@@ -79,7 +79,7 @@ def payments_charge(
     *, idempotency_key: str, order_id: str, amount: Decimal, currency: str, card_token: str
 ) -> int:
     """The charge id; ``CardDeclined`` for a business refusal; ``ResilienceError`` if unavailable."""
-    response = ServiceClient("payments").post(
+    response = service("payments").post(
         "/api/charges/",
         json={
             "order_id": order_id,
@@ -97,7 +97,7 @@ def payments_charge(
 
 
 def notifications_send(*, order) -> None:
-    response = ServiceClient("notifications").post(
+    response = service("notifications").post(
         "/api/notifications/",
         json={
             "order_id": str(order.id),
@@ -115,7 +115,7 @@ def notifications_send(*, order) -> None:
 
 
 def recommendations_record(*, order) -> None:
-    response = ServiceClient("recommendations").post(
+    response = service("recommendations").post(
         "/api/bookings/",
         json={"order_id": str(order.id), "email": order.email, "show_id": order.show_id},
         idempotency_key=f"booking-{order.id}",

@@ -44,3 +44,15 @@ def test_production_refuses_the_development_secret():
     done = manage("payments", "check", DJANGO_ENV="production", DJANGO_SECRET_KEY="")
     assert done.returncode != 0
     assert "DJANGO_SECRET_KEY" in done.stderr
+
+
+def test_postgresql_gets_a_bounded_pool_sized_from_the_environment(monkeypatch):
+    from booking.settings.env import database
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/booking_orders")
+    monkeypatch.setenv("DB_POOL_MAX_SIZE", "3")
+    config = database("unused.sqlite3")
+    assert config["OPTIONS"]["pool"]["max_size"] == 3
+    assert config["CONN_MAX_AGE"] == 0  # Django refuses persistent connections with a pool
+    monkeypatch.delenv("DATABASE_URL")
+    assert "pool" not in database("x.sqlite3")["OPTIONS"]

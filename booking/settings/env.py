@@ -57,6 +57,18 @@ def database(default_sqlite_path: str) -> dict:
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
-    else:
-        config["CONN_HEALTH_CHECKS"] = True
+    elif config["ENGINE"] == "django.db.backends.postgresql":
+        # A bounded pool per process (psycopg-pool) instead of a new connection per request:
+        # a service runs 2 processes x 16 threads, five services share one server, and
+        # PostgreSQL's default max_connections is 100. A thread that finds the pool empty waits
+        # up to DB_POOL_TIMEOUT seconds. Orders gives its connection back before each call to
+        # another service (orders/clients.py), so threads waiting on payments hold none.
+        config["OPTIONS"] = {
+            "pool": {
+                "min_size": 0,
+                "max_size": env_int("DB_POOL_MAX_SIZE", 4),
+                "timeout": env_int("DB_POOL_TIMEOUT", 5),
+                "max_idle": 60,
+            }
+        }
     return config

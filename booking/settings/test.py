@@ -23,3 +23,7 @@ PAYMENTS_LATENCY_MS = (0, 0)
 # in-memory database whose shared cache fails with "table is locked" instead of waiting.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "db" / "test-suite.sqlite3")}
+
+# The suite runs in one process where Django's test runner expects a connection per thread
+# (transactions rolled back per test); the pool is for the stack's processes.
+DATABASES["default"].get("OPTIONS", {}).pop("pool", None)

@@ -90,10 +90,8 @@ def test_notifications_hanging_slows_no_order_and_every_email_goes_out_once(fres
     orders = [r.json() for r, _ in results]
     assert [o["status"] for o in orders] == ["confirmed"] * 20
     latency = p99([elapsed for _, elapsed in results])
-    # Issue 4's target is p99 < 3 s. Measured on 2 cores: under it on SQLite, but 3.05-3.07 s on
-    # PostgreSQL late in the full suite, where every request opens a new connection. Back to 3 s
-    # once the services use a bounded connection pool (psycopg-pool); until then 3.5 s.
-    assert latency < 3.5, f"p99 {latency:.2f} s"
+    print(f"notification-slow: p99 {latency:.2f} s")
+    assert latency < 3.0, f"p99 {latency:.2f} s"
     # Orders did not wait on every notification: the bulkhead of 5 refused some calls, or the
     # breaker opened after the first timeouts and refused them (whichever came first).
     metrics = requests.get(fresh.url("orders", "/metrics"), timeout=5).text
