@@ -23,9 +23,7 @@ def inventory_show(show_id: int) -> dict:
 
 def recommendations_live(show_id: int, *, fallback):
     """The live recommendations (a list), or whatever ``fallback(exc)`` answered instead (a dict)."""
-    response = service("recommendations").get(
-        f"/api/recommendations/{show_id}/", fallback=fallback
-    )
+    response = service("recommendations").get(f"/api/recommendations/{show_id}/", fallback=fallback)
     if isinstance(response, dict):
         return response
     if response.status_code != 200:
@@ -35,9 +33,7 @@ def recommendations_live(show_id: int, *, fallback):
 
 def orders_create(*, idempotency_key: str, payload: dict):
     """The orders service's answer, passed through as it is (status and JSON body)."""
-    return service("orders").post(
-        "/api/orders/", json=payload, idempotency_key=idempotency_key
-    )
+    return service("orders").post("/api/orders/", json=payload, idempotency_key=idempotency_key)
 
 
 def orders_get(order_id: str):
