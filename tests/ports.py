@@ -1,18 +1,8 @@
 """Ports on 127.0.0.1 that nothing listens on (yet): for stacks to bind, or to be refused."""
 
-import socket
+from booking.scenarios.stack import free_ports
 
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (all held at once while choosing, so they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+__all__ = ["closed_port_url", "free_ports"]
 
 
 def closed_port_url(scheme: str = "http") -> str:

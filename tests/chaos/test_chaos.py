@@ -115,6 +115,24 @@ def test_lifting_a_hang_releases_held_requests_at_once(live_server, chaos, trans
     assert 0.45 <= time.monotonic() - start < 1.5
 
 
+def test_clearing_on_the_machine_releases_a_service_too_busy_for_its_api(
+    live_server, chaos, transactional_db
+):
+    """``manage.py chaos clear``: the way out when a hang holds every thread of the service."""
+    from django.core.management import call_command
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    requests.put(f"{live_server.url}/chaos/", json={"hang": True}, headers=headers, timeout=5)
+    threading.Timer(0.5, call_command, args=("chaos", "clear")).start()
+    start = time.monotonic()
+    response = requests.get(f"{live_server.url}/inventory/api/shows/", timeout=10)
+    assert response.status_code == 200
+    assert 0.45 <= time.monotonic() - start < 1.5
+    assert (
+        requests.get(f"{live_server.url}/chaos/", headers=headers, timeout=5).json()["fault"] == {}
+    )
+
+
 def test_delay_response_does_the_work_then_answers_late(live_server, chaos, transactional_db):
     from payments.models import Charge
 

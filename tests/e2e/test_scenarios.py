@@ -2,15 +2,14 @@
 must not leak into other tests): break one service, assert what users see, what the policies
 did, and that nothing was lost."""
 
-import statistics
-import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from booking.scenarios import report, runner
+from booking.scenarios.catalog import SCENARIOS
+from booking.scenarios.load import ORDER
 from tests.e2e.conftest import RunningStack
 
 pytestmark = pytest.mark.e2e
@@ -18,20 +17,17 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
-    running = RunningStack(tmp_path_factory.mktemp("scenarios"))
-    try:
-        running.up()
+    with RunningStack(tmp_path_factory.mktemp("scenarios")) as running:
         yield running
-    finally:
-        running.down()
 
 
-def p99(values: list[float]) -> float:
-    return (
-        statistics.quantiles(values, n=100, method="inclusive")[98]
-        if len(values) > 1
-        else values[0]
-    )
+def run(name: str, stack: RunningStack) -> runner.RunResult:
+    """The scenario as ``manage.py scenario run NAME`` runs it, on this module's stack; every
+    check of the scenario must pass (the table is the failure message)."""
+    scenario = SCENARIOS[name]
+    result = runner.run(scenario, stack=stack)
+    assert not result.failed_checks, report.table(scenario, [result])
+    return result
 
 
 def test_recommendations_down_falls_back_to_cache_then_popular(fresh):
@@ -57,138 +53,40 @@ def test_recommendations_down_falls_back_to_cache_then_popular(fresh):
 def test_notifications_hanging_slows_no_order_and_every_email_goes_out_once(fresh):
     """notifications hangs: the bulkhead of 5 fills and rejects, 20 concurrent orders are all
     confirmed with p99 under 3 s; after recovery each order has exactly one notification."""
-    chaos = fresh.url("notifications", "/chaos/")
-    requests.put(
-        chaos,
-        json={"hang": True, "match": {"path_prefix": "/api/notifications/"}},
-        headers=fresh.chaos_headers,
-        timeout=5,
-    ).raise_for_status()
-    start = threading.Barrier(20)
-
-    def book(i):
-        start.wait()
-        began = time.monotonic()
-        response = requests.post(
-            fresh.url("gateway", "/api/orders/"),
-            timeout=15,
-            json={
-                "show_id": 7,
-                "quantity": 1,
-                "email": f"fan{i}@example.com",
-                "card_token": "tok_visa",
-            },
-            headers={"Idempotency-Key": uuid.uuid4().hex},
-        )
-        return response, time.monotonic() - began
-
-    try:
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            results = list(pool.map(book, range(20)))
-    finally:
-        requests.delete(chaos, headers=fresh.chaos_headers, timeout=5)
-    orders = [r.json() for r, _ in results]
-    assert [o["status"] for o in orders] == ["confirmed"] * 20
-    latency = p99([elapsed for _, elapsed in results])
-    print(f"notification-slow: p99 {latency:.2f} s")
-    assert latency < 3.0, f"p99 {latency:.2f} s"
+    result = run("notification-slow", fresh)
+    orders = result.of(ORDER)
+    assert [s.detail for s in orders] == ["confirmed"] * 20
+    assert result.endpoints()[ORDER]["p99"] < 3.0
     # Orders did not wait on every notification: the bulkhead of 5 refused some calls, or the
     # breaker opened after the first timeouts and refused them (whichever came first).
-    metrics = requests.get(fresh.url("orders", "/metrics"), timeout=5).text
-    cut_short = sum(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith(
-            (
-                'resilience_bulkhead_calls_total{kind="rejected",name="notifications"}',
-                'resilience_circuitbreaker_calls_total{kind="not_permitted",name="notifications"}',
-            )
-        )
+    assert (
+        result.total("bulkhead_rejected", "orders", "notifications")
+        + result.total("breaker_not_permitted", "orders", "notifications")
+        > 0
     )
-    assert cut_short > 0, "every order waited on notifications"
-    for order in orders:  # payments and inventory were unaffected
-        charges = requests.get(
-            fresh.url("payments", "/api/charges/"), params={"order_id": order["id"]}, timeout=5
-        )
-        assert [c["status"] for c in charges.json()] == ["succeeded"]
-
-    def delivered():
-        counts = [
-            len(
-                requests.get(
-                    fresh.url("notifications", "/api/notifications/"),
-                    params={"order_id": o["id"]},
-                    timeout=5,
-                ).json()
-            )
-            for o in orders
-        ]
-        return counts if all(counts) else None
-
-    counts = fresh.wait_for(delivered, timeout=60, interval=1.0)
-    assert counts == [1] * 20
+    assert result.audit["emails_not_exactly_once"] == [] and result.audit["unsettled"] == []
+    # Payments and inventory were unaffected: each order charged once, seats sold = confirmed.
+    assert result.audit["double_charged"] == result.audit["confirmed_not_paid"] == []
+    assert result.audit["seats_not_matching_orders"] == []
 
 
 def test_timed_out_but_charged_is_never_charged_twice(fresh):
     """payments does the charge, then answers 2.5 s late: the attempt times out (1.5 s), the retry
     with the same key is replayed, the breaker may open and leave orders payment_pending for the
     worker, and in the end every order is confirmed exactly when it has a charge, and once."""
-    chaos = fresh.url("payments", "/chaos/")
-    requests.put(
-        chaos,
-        json={"delay_response_ms": 2500, "match": {"path_prefix": "/api/charges/"}},
-        headers=fresh.chaos_headers,
-        timeout=5,
-    ).raise_for_status()
-    start = threading.Barrier(20)
+    result = run("timed-out-but-charged", fresh)
+    assert [s.status for s in result.of(ORDER)] == [201] * 20
+    assert result.total("timeout_attempt", "orders", "payments") > 0
+    assert len(result.audit["orders"]) >= 20
+    audit = result.audit
+    assert audit["double_charged"] == audit["paid_not_confirmed"] == []
+    assert audit["confirmed_not_paid"] == audit["unsettled"] == []
 
-    def book(i):
-        start.wait()
-        return requests.post(
-            fresh.url("gateway", "/api/orders/"),
-            timeout=20,
-            json={
-                "show_id": 8,
-                "quantity": 1,
-                "email": f"late{i}@example.com",
-                "card_token": "tok_visa",
-            },
-            headers={"Idempotency-Key": uuid.uuid4().hex},
-        )
 
-    try:
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            responses = list(pool.map(book, range(20)))
-    finally:
-        requests.delete(chaos, headers=fresh.chaos_headers, timeout=5)
-    assert [r.status_code for r in responses] == [201] * 20
-    orders = [r.json() for r in responses]
-    assert {o["status"] for o in orders} <= {"confirmed", "payment_pending"}
-    metrics = requests.get(fresh.url("orders", "/metrics"), timeout=5).text
-    timed_out = [
-        line
-        for line in metrics.splitlines()
-        if line.startswith('resilience_timeout_calls_total{kind="attempt",name="payments"}')
-    ]
-    assert timed_out and float(timed_out[0].split()[-1]) > 0, "no payment attempt timed out"
-
-    def charges(order_id):
-        return requests.get(
-            fresh.url("payments", "/api/charges/"), params={"order_id": order_id}, timeout=5
-        ).json()
-
-    def settled():
-        states = [
-            requests.get(fresh.url("gateway", f"/api/orders/{o['id']}/"), timeout=5).json()[
-                "status"
-            ]
-            for o in orders
-        ]
-        return states if all(s == "confirmed" for s in states) else None
-
-    # The payments breaker may be open for its 30 s wait: the worker settles after it.
-    fresh.wait_for(settled, timeout=90, interval=1.0)
-    assert [len(charges(o["id"])) for o in orders] == [1] * 20
-    assert {c["status"] for o in orders for c in charges(o["id"])} == {"succeeded"}
-    sold = requests.get(fresh.url("inventory", "/api/shows/8/"), timeout=5).json()
-    assert (sold["seats_sold"], sold["seats_held"]) == (20, 0)
+def test_inventory_down_answers_clear_503s_and_charges_nothing(fresh):
+    """inventory is killed mid-load: orders answer a 503 with a code at once (no hang), nothing is
+    charged for them, and after the restart every order is settled."""
+    result = run("inventory-down", fresh)
+    refused = [s for s in result.of(ORDER) if s.status == 503]
+    assert refused and all(s.detail == "503 inventory_unavailable" for s in refused)
+    assert result.audit["paid_not_confirmed"] == []

@@ -1,15 +1,18 @@
 """End to end: the real stack of gunicorn processes, driven over HTTP as a user would."""
 
+import subprocess
+import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 
-pytestmark = pytest.mark.e2e
+from booking.scenarios.stack import ROOT, SERVICES
 
-SERVICES = ("gateway", "orders", "payments", "inventory", "notifications", "recommendations")
+pytestmark = pytest.mark.e2e
 
 
 def book(stack, *, show_id, quantity=2, card_token="tok_visa", key=None, email="fan@example.com"):
@@ -181,3 +184,32 @@ def test_a_stopped_service_refuses_connections_and_comes_back(stack):
     assert answer["source"] in ("cache", "popular")
     assert stack.manage("stack", "start", "recommendations").returncode == 0
     stack.wait_for(lambda: stack.healthy("recommendations"))
+
+
+def test_the_locustfile_runs_the_booking_journey_without_failures(stack):
+    """Workshops run locust against the stack: a short headless run, bounded by -t and by
+    the subprocess timeout, exits 0 only when no request failed."""
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("locust")),
+            "-f",
+            "locustfile.py",
+            "--host",
+            stack.urls["gateway"],
+            "--headless",
+            "--users",
+            "6",
+            "--spawn-rate",
+            "6",
+            "--run-time",
+            "6s",
+            "--only-summary",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = done.stdout + done.stderr
+    assert "/api/shows/{id}/recommendations/" in summary and "/api/orders/" in summary

@@ -1,0 +1,64 @@
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from booking.scenarios import report, runner
+from booking.scenarios.catalog import SCENARIOS
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a failure scenario of the design notes on a fresh stack: `scenario list`, "
+        "`scenario run NAME [--compare]`."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("action", choices=["list", "run"])
+        parser.add_argument("name", nargs="?", help=f"one of {', '.join(SCENARIOS)}")
+        parser.add_argument(
+            "--compare",
+            action="store_true",
+            help="run it twice, without resilience (ENABLED: False everywhere) then with, "
+            "and print both side by side",
+        )
+        parser.add_argument(
+            "--out",
+            type=Path,
+            help="where to write the JSON and the PNG chart (default: var/scenarios/)",
+        )
+
+    def handle(self, *args, action, name=None, compare=False, out=None, **options):
+        if action == "list":
+            width = max(len(n) for n in SCENARIOS)
+            for scenario in SCENARIOS.values():
+                self.stdout.write(f"{scenario.name:<{width}}  {scenario.summary}")
+            return
+        if name not in SCENARIOS:
+            raise CommandError(
+                f"unknown scenario {name!r}: one of {', '.join(SCENARIOS)} (`scenario list`)"
+            )
+        scenario = SCENARIOS[name]
+        out = out or Path(settings.VAR_DIR) / "scenarios"
+        out.mkdir(parents=True, exist_ok=True)
+        began = time.monotonic()
+        results = []
+        for resilience in [False, True] if compare else [True]:
+            results.append(
+                runner.run(
+                    scenario, resilience=resilience, out=lambda line: self.stderr.write(line)
+                )
+            )
+        self.stdout.write("\n" + report.table(scenario, results) + "\n")
+        stem = f"{name}-compare" if compare else name
+        report.write_json(out / f"{stem}.json", scenario, results)
+        report.write_chart(out / f"{stem}.png", scenario, results)
+        self.stdout.write(
+            f"\nraw results: {out / f'{stem}.json'}\nchart:       {out / f'{stem}.png'}\n"
+            f"({time.monotonic() - began:.0f} s in all)"
+        )
+        if results[-1].failed_checks:
+            raise CommandError(
+                f"{len(results[-1].failed_checks)} check(s) failed with resilience on (see above)"
+            )

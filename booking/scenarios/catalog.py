@@ -1,0 +1,384 @@
+"""The scenarios of the design notes: what breaks, when, under which load, and what must hold
+with resilience on (the checks). ``docs/scenarios.md`` explains each one."""
+
+import math
+
+from django.conf import settings
+
+from booking.scenarios.load import ORDER, RECOMMENDATIONS, SHOW, SHOWS, Profile
+from booking.scenarios.runner import Check, RunResult, Scenario, Step, lost
+
+BROWSING = (SHOWS, SHOW, RECOMMENDATIONS)
+
+
+# -- steps ---------------------------------------------------------------------------------------
+
+
+def chaos(service: str, fault: dict, *, at: float, label: str) -> Step:
+    return Step(at, label, lambda stack: stack.inject(service, fault))
+
+
+def lift(service: str, *, at: float) -> Step:
+    return Step(at, f"{service}: fault lifted", lambda stack: stack.lift(service), lifts=True)
+
+
+def kill(program: str, *, at: float) -> Step:
+    return Step(at, f"{program}: process stopped", lambda stack: stack.stop(program))
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+
+def _p99(result: RunResult, endpoints) -> float:
+    table = result.endpoints()
+    return max((table[e]["p99"] for e in endpoints if e in table), default=0.0)
+
+
+def p99_under(result: RunResult, endpoints, seconds: float, what: str) -> Check:
+    p99 = _p99(result, endpoints)
+    return Check(f"{what}: p99 under {seconds:g} s", p99 < seconds, f"p99 {p99:.2f} s")
+
+
+def success_at_least(result: RunResult, endpoints, ratio: float, what: str) -> Check:
+    samples = [s for s in result.samples if s.endpoint in endpoints]
+    good = sum(s.outcome in ("ok", "business") for s in samples)
+    measured = good / len(samples) if samples else 0.0
+    return Check(
+        f"{what}: success at least {ratio:.0%}",
+        bool(samples) and measured >= ratio,
+        f"{good}/{len(samples)} ({measured:.1%})",
+    )
+
+
+def orders_answered(result: RunResult) -> Check:
+    """Every order got an answer: confirmed or payment_pending (or a sold-out refusal)."""
+    orders = result.of(ORDER)
+    good = [s for s in orders if s.outcome in ("ok", "business")]
+    return Check(
+        "every order answered (confirmed, payment_pending or sold out)",
+        bool(orders) and len(good) == len(orders),
+        f"{len(good)}/{len(orders)}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(_details(orders).items())),
+    )
+
+
+def _details(samples) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for s in samples:
+        found[s.detail or s.outcome] = found.get(s.detail or s.outcome, 0) + 1
+    return found
+
+
+def nothing_lost(result: RunResult) -> list[Check]:
+    a = result.audit
+    return [
+        Check("no order charged twice", not a["double_charged"], f"{len(a['double_charged'])}"),
+        Check(
+            "no order lost (answered but missing, or paid and not confirmed)",
+            not lost(a),
+            f"{len(lost(a))}",
+        ),
+        Check(
+            "no seat oversold; seats sold = seats of confirmed orders",
+            not a["oversold_shows"] and not a["seats_not_matching_orders"],
+            f"oversold {a['oversold_shows']}, mismatched {a['seats_not_matching_orders']}",
+        ),
+    ]
+
+
+def drained(result: RunResult) -> Check:
+    return Check(
+        "every order settled after recovery (confirmed exactly when charged)",
+        result.drain_seconds is not None
+        and not result.audit["unsettled"]
+        and not result.audit["confirmed_not_paid"],
+        f"drained in {result.drain_seconds} s; unsettled {len(result.audit['unsettled'])}",
+    )
+
+
+def opened(result: RunResult, breaker: str) -> Check:
+    return Check(
+        f"the {breaker} breaker opened", result.ever(breaker, "open"), _states(result, breaker)
+    )
+
+
+def reclosed(result: RunResult, breaker: str) -> Check:
+    """Closed again after the fault, within its open wait plus the time for its trial calls."""
+    name = breaker.split("/")[1]
+    wait = settings.RESILIENCE_POLICIES[name]["CIRCUIT_BREAKER"].get(
+        "WAIT_DURATION_IN_OPEN_STATE", 60.0
+    )
+    took = result.recovery.get(breaker, 0.0)
+    return Check(
+        f"the {breaker} breaker closed within its wait ({wait:g} s) plus 15 s of trial calls",
+        took is not None and took <= wait + 15,
+        "stayed closed" if breaker not in result.recovery else f"closed after {took} s",
+    )
+
+
+def _states(result: RunResult, breaker: str) -> str:
+    return " -> ".join(f"{s}@{t:g}s" for t, b, s in result.breakers if b == breaker) or "none"
+
+
+def emails_once(result: RunResult) -> Check:
+    wrong = result.audit["emails_not_exactly_once"]
+    return Check("every confirmed order emailed exactly once", not wrong, f"{len(wrong)} not once")
+
+
+def counted(result: RunResult, what: str, counters, service: str, policy: str) -> Check:
+    total = sum(result.total(c, service, policy) for c in counters)
+    return Check(what, total > 0, f"{total:g} ({' + '.join(counters)} on {service}->{policy})")
+
+
+# -- the scenarios -------------------------------------------------------------------------------
+
+# Enough buyers that, without resilience, the gateway's 2 x 16 threads fill with orders waiting
+# on payments: the cascade of the notes. With resilience the same load is answered in seconds.
+PAYMENT_LOAD = Profile(
+    browsers=4,
+    buyers=30,
+    orders_per_buyer=3,
+    duration=25,
+    buyer_think=0.5,
+    browser_think=0.2,
+    client_timeout=10,
+)
+CHARGES = {"path_prefix": "/api/charges/"}
+
+
+def payment_checks(result: RunResult) -> list[Check]:
+    return [
+        orders_answered(result),
+        p99_under(result, [ORDER], 8.0, "orders"),
+        success_at_least(result, BROWSING, 1.0, "browsing"),
+        p99_under(result, BROWSING, 1.0, "browsing"),
+        opened(result, "orders/payments"),
+        drained(result),
+        reclosed(result, "orders/payments"),
+        *nothing_lost(result),
+    ]
+
+
+def retry_storm_checks(result: RunResult) -> list[Check]:
+    calls = sum(
+        result.total(f"retry_{kind}", "orders", "payments")
+        for kind in (
+            "successful_without_retry",
+            "successful_with_retry",
+            "failed_without_retry",
+            "failed_with_retry",
+        )
+    )
+    retries = result.total("retries", "orders", "payments")
+    retry = settings.RESILIENCE_POLICIES["payments"]["RETRY"]
+    ratio = retry.get("BUDGET_RATIO", 0.2)
+    # The floor is per process and per window: 2 gunicorn workers, windows the run spans.
+    window, floor = (
+        retry.get("BUDGET_WINDOW", 10.0),
+        retry.get("BUDGET_MIN_RETRIES_PER_SECOND", 1.0),
+    )
+    windows = math.ceil((result.profile.duration + 10) / window) + 1
+    budget = ratio * calls + floor * window * windows * 2
+    return [
+        Check(
+            f"retries within the budget ({ratio:.0%} of calls + the floor)",
+            calls > 0 and retries <= budget,
+            f"{retries:g} retries for {calls:g} calls (budget {budget:.0f}); "
+            f"{calls + retries:g} attempts at payments = x{(calls + retries) / max(calls, 1):.2f}",
+        ),
+        orders_answered(result),
+        drained(result),
+        *nothing_lost(result),
+    ]
+
+
+SCENARIOS = {
+    s.name: s
+    for s in [
+        Scenario(
+            name="payment-slow",
+            summary="payments answers every charge 5 s late (its card processor slowed down)",
+            profile=PAYMENT_LOAD,
+            steps=(
+                chaos(
+                    "payments",
+                    {"latency_ms": 5000, "match": CHARGES},
+                    at=0,
+                    label="payments: +5 s on every charge",
+                ),
+            ),
+            checks=payment_checks,
+        ),
+        Scenario(
+            name="payment-hang",
+            summary="payments accepts charges and never answers",
+            profile=PAYMENT_LOAD,
+            steps=(
+                chaos("payments", {"hang": True, "match": CHARGES}, at=0, label="payments: hang"),
+            ),
+            checks=payment_checks,
+        ),
+        Scenario(
+            name="payment-down",
+            summary="the payments process is killed: connections are refused",
+            profile=Profile(browsers=3, buyers=10, orders_per_buyer=3, duration=15),
+            steps=(kill("payments", at=2),),
+            checks=lambda r: [
+                orders_answered(r),
+                p99_under(r, [ORDER], 8.0, "orders"),
+                success_at_least(r, BROWSING, 1.0, "browsing"),
+                opened(r, "orders/payments"),
+                drained(r),
+                reclosed(r, "orders/payments"),
+                *nothing_lost(r),
+            ],
+        ),
+        Scenario(
+            name="timed-out-but-charged",
+            summary="payments charges, then answers 2.5 s late: after the caller's 1.5 s timeout",
+            profile=Profile(browsers=2, buyers=20, orders_per_buyer=1, duration=10),
+            steps=(
+                chaos(
+                    "payments",
+                    {"delay_response_ms": 2500, "match": CHARGES},
+                    at=0,
+                    label="payments: answers 2.5 s after charging",
+                ),
+            ),
+            checks=lambda r: [
+                orders_answered(r),
+                counted(r, "payment attempts timed out", ["timeout_attempt"], "orders", "payments"),
+                drained(r),
+                *nothing_lost(r),
+            ],
+        ),
+        Scenario(
+            name="notification-slow",
+            summary="notifications accepts every send and never answers",
+            profile=Profile(browsers=2, buyers=20, orders_per_buyer=1, duration=10),
+            steps=(
+                chaos(
+                    "notifications",
+                    {"hang": True, "match": {"path_prefix": "/api/notifications/"}},
+                    at=0,
+                    label="notifications: hang",
+                ),
+            ),
+            watch=(("orders", "notifications"),),
+            checks=lambda r: [
+                Check(
+                    "every order confirmed",
+                    [s.detail for s in r.of(ORDER)] == ["confirmed"] * len(r.of(ORDER)),
+                    ", ".join(f"{k} {v}" for k, v in _details(r.of(ORDER)).items()),
+                ),
+                p99_under(r, [ORDER], 3.0, "orders"),
+                counted(
+                    r,
+                    "orders stopped waiting on notifications (bulkhead full or breaker open)",
+                    ["bulkhead_rejected", "breaker_not_permitted"],
+                    "orders",
+                    "notifications",
+                ),
+                drained(r),
+                emails_once(r),
+                *nothing_lost(r),
+            ],
+        ),
+        Scenario(
+            name="recommendations-down",
+            summary="the recommendations process is killed",
+            profile=Profile(browsers=6, buyers=2, orders_per_buyer=1, duration=10),
+            steps=(kill("recommendations", at=0),),
+            watch=(("gateway", "recommendations"),),
+            checks=lambda r: [
+                success_at_least(r, BROWSING, 1.0, "browsing"),
+                p99_under(r, [RECOMMENDATIONS], 2.0, "recommendations"),
+                Check(
+                    "recommendations answered from the cache and from popular shows",
+                    {"source=cache", "source=popular"} <= set(_details(r.of(RECOMMENDATIONS))),
+                    ", ".join(f"{k} {v}" for k, v in _details(r.of(RECOMMENDATIONS)).items()),
+                ),
+                orders_answered(r),
+            ],
+        ),
+        Scenario(
+            name="inventory-down",
+            summary="the inventory process is killed",
+            profile=Profile(browsers=3, buyers=10, orders_per_buyer=2, duration=12),
+            steps=(kill("inventory", at=2),),
+            watch=(("orders", "inventory"), ("gateway", "inventory")),
+            checks=lambda r: [
+                Check(
+                    "every order answered: confirmed, or a clear 503",
+                    all(s.outcome == "ok" or s.detail.startswith("503 ") for s in r.of(ORDER)),
+                    ", ".join(f"{k} {v}" for k, v in _details(r.of(ORDER)).items()),
+                ),
+                p99_under(r, [ORDER], 5.0, "orders"),
+                drained(r),
+                *nothing_lost(r),
+            ],
+        ),
+        Scenario(
+            name="retry-storm",
+            summary="payments fails half its calls with 503",
+            profile=Profile(
+                browsers=2, buyers=20, orders_per_buyer=4, duration=15, buyer_think=0.2
+            ),
+            steps=(
+                chaos(
+                    "payments",
+                    {"error_rate": 0.5, "error_status": 503, "match": CHARGES},
+                    at=0,
+                    label="payments: 50% of charges fail with 503",
+                ),
+            ),
+            checks=retry_storm_checks,
+        ),
+        Scenario(
+            name="valentines-day",
+            summary="15 times the normal load while payments' latency climbs (its database "
+            "overloading): 0.2, 0.6, 1.2 then 2.4 s",
+            profile=Profile(
+                browsers=15,
+                buyers=15,
+                orders_per_buyer=10,
+                duration=25,
+                buyer_think=1.0,
+                browser_think=1.0,
+                client_timeout=15,
+            ),
+            steps=tuple(
+                chaos(
+                    "payments",
+                    {"latency_ms": ms, "match": CHARGES},
+                    at=at,
+                    label=f"payments: +{ms} ms",
+                )
+                for at, ms in ((0, 200), (5, 600), (10, 1200), (15, 2400))
+            ),
+            checks=lambda r: [
+                orders_answered(r),
+                success_at_least(r, BROWSING, 0.99, "browsing"),
+                drained(r),
+                *nothing_lost(r),
+            ],
+        ),
+        Scenario(
+            name="recovery",
+            summary="payments hangs for 8 s, then recovers while the load goes on",
+            profile=Profile(
+                browsers=2, buyers=6, orders_per_buyer=30, duration=45, buyer_think=1.5
+            ),
+            steps=(
+                chaos("payments", {"hang": True, "match": CHARGES}, at=2, label="payments: hang"),
+                lift("payments", at=10),
+            ),
+            checks=lambda r: [
+                opened(r, "orders/payments"),
+                reclosed(r, "orders/payments"),
+                drained(r),
+                *nothing_lost(r),
+            ],
+        ),
+    ]
+}

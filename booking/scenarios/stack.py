@@ -1,0 +1,250 @@
+"""A throwaway stack for one scenario or one test module: every service on free 127.0.0.1
+ports, in a directory of its own, with its own chaos token; PostgreSQL databases and Redis
+keys of its own too when ``DATABASE_URL`` is PostgreSQL and ``REDIS_URL`` is set.
+
+It runs ``manage.py stack up`` in a child process with this environment, so it is the same
+supervisor + gunicorn stack as ``make up``, only elsewhere.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("gateway", "orders", "payments", "inventory", "notifications", "recommendations")
+STARTUP_TIMEOUT = 120
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held at once while choosing, so they differ)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class RunningStack:
+    def __init__(self, var_dir: Path, *, resilience: bool = True) -> None:
+        # Several stacks may run one after another: each its own databases, Redis keys, token.
+        self.id = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self.var_dir = Path(var_dir)
+        self.resilience = resilience
+        self.faulted: set[str] = set()  # services with a fault injected through /chaos/
+        self.stopped: set[str] = set()  # programs stopped with stop()
+        self.urls = {
+            name: f"http://127.0.0.1:{port}"
+            for name, port in zip(SERVICES, free_ports(len(SERVICES)), strict=True)
+        }
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE", "CHAOS_TOKEN")
+            },
+            "DJANGO_SETTINGS_MODULE": "booking.settings.base",
+            "BOOKING_VAR_DIR": str(self.var_dir),
+            # The worker retries unsettled orders every 1-2 s instead of backing off to 30 s,
+            # so that a run's queued work drains in seconds after the fault is lifted.
+            "ORDERS_SETTLE_BACKOFF_INITIAL": "1",
+            "ORDERS_SETTLE_BACKOFF_MAX": "2",
+            "GUNICORN_WORKERS": "2",
+            "CHAOS_TOKEN": f"stack-{self.id}-{uuid.uuid4().hex}",
+            "RESILIENCE_ENABLED": "1" if resilience else "0",
+            **{f"{name.upper()}_URL": url for name, url in self.urls.items()},
+        }
+        database_url = os.environ.get("DATABASE_URL", "")
+        if database_url.startswith("postgres"):
+            base = urlparse(database_url)
+            self.env["STACK_DATABASE_URL"] = base._replace(
+                path=f"/stack_{self.id}_{{service}}"
+            ).geturl()
+        if os.environ.get("REDIS_URL"):
+            self.env["RESILIENCE_STORAGE_URL"] = os.environ["REDIS_URL"]
+            self.env["CACHE_URL"] = os.environ["REDIS_URL"]
+            self.env["BOOKING_NAMESPACE"] = f"stack-{self.id}"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def manage(self, *args: str, timeout: float = 180, service: str | None = None):
+        """``manage.py ARGS`` with this stack's environment (and a service's settings)."""
+        env = dict(self.env)
+        if service:
+            env["DJANGO_SETTINGS_MODULE"] = f"booking.settings.{service}"
+            template = env.get("STACK_DATABASE_URL")
+            if template:
+                env["DATABASE_URL"] = template.format(service=service)
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def up(self) -> None:
+        done = self.manage("stack", "up", timeout=STARTUP_TIMEOUT + 60)
+        if done.returncode:
+            raise RuntimeError(f"stack up failed:\n{done.stdout}\n{done.stderr}\n{self.logs()}")
+
+    def down(self) -> None:
+        self.manage("stack", "down", timeout=60)
+        self.cleanup()
+
+    def __enter__(self) -> "RunningStack":
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def cleanup(self) -> None:
+        """Drop this stack's PostgreSQL databases and Redis keys, if it had any."""
+        if "STACK_DATABASE_URL" in self.env:
+            self.manage(
+                "shell",
+                "-c",
+                "from booking.stack import Stack; Stack().drop_databases()",
+                timeout=60,
+            )
+        if "BOOKING_NAMESPACE" in self.env:
+            import redis
+
+            client = redis.Redis.from_url(os.environ["REDIS_URL"])
+            namespace = self.env["BOOKING_NAMESPACE"]
+            keys = [*client.scan_iter(f"{namespace}:*"), *client.scan_iter(f":*:{namespace}*")]
+            if keys:
+                client.delete(*keys)
+
+    def logs(self) -> str:
+        parts = []
+        for log in sorted((self.var_dir / "log").glob("*.log")):
+            parts.append(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-15:]))
+        return "\n".join(parts)
+
+    # -- talking to it -------------------------------------------------------------------------
+
+    def url(self, service: str, path: str) -> str:
+        return self.urls[service] + path
+
+    @property
+    def chaos_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.env['CHAOS_TOKEN']}"}
+
+    def inject(self, service: str, fault: dict) -> None:
+        requests.put(
+            self.url(service, "/chaos/"), json=fault, headers=self.chaos_headers, timeout=5
+        ).raise_for_status()
+        self.faulted.add(service)
+
+    def lift(self, service: str) -> str:
+        """Lift the service's fault through its chaos API; if the service is too busy to answer
+        (its own threads all held by the fault), clear it on the machine (``manage.py chaos
+        clear``) as an operator would. Says which it did."""
+        try:
+            requests.delete(
+                self.url(service, "/chaos/"), headers=self.chaos_headers, timeout=5
+            ).raise_for_status()
+            how = "through /chaos/"
+        except requests.RequestException as exc:
+            done = self.manage("chaos", "clear", service=service, timeout=60)
+            if done.returncode:
+                raise RuntimeError(f"{service}: chaos clear failed: {done.stderr}") from exc
+            how = f"with manage.py chaos clear (/chaos/: {type(exc).__name__})"
+        self.faulted.discard(service)
+        return how
+
+    def recover(self) -> list[str]:
+        """Lift every fault injected and start every program stopped, through this object;
+        what was done, one line each."""
+        done = []
+        for service in sorted(self.faulted):
+            done.append(f"{service}: fault lifted {self.lift(service)}")
+        for program in sorted(self.stopped):
+            self.start(program)
+            done.append(f"{program}: started again")
+        return done
+
+    def stop(self, program: str) -> None:
+        done = self.manage("stack", "stop", program, timeout=60)
+        if done.returncode:
+            raise RuntimeError(f"stack stop {program}: {done.stdout}{done.stderr}")
+        self.stopped.add(program)
+
+    def start(self, program: str) -> None:
+        done = self.manage("stack", "start", program, timeout=60)
+        if done.returncode:
+            raise RuntimeError(f"stack start {program}: {done.stdout}{done.stderr}")
+        self.stopped.discard(program)
+        if program in SERVICES:
+            self.wait_for(lambda: self.healthy(program))
+
+    def healthy(self, service: str) -> bool:
+        try:
+            return requests.get(self.url(service, "/health/"), timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def health(self, service: str) -> dict:
+        """The service's health document (circuit breakers included); {} if it did not answer."""
+        try:
+            return requests.get(self.url(service, "/health/"), timeout=2).json()
+        except (requests.RequestException, ValueError):
+            return {}
+
+    def metrics(self, service: str) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample of the service's /metrics as (name, labels, value); [] if no answer."""
+        try:
+            text = requests.get(self.url(service, "/metrics"), timeout=5).text
+        except requests.RequestException:
+            return []
+        return [
+            (sample.name, sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+
+    def metric(self, service: str, name: str, **labels: str) -> float:
+        """The sum of a metric's samples on a service whose labels include ``labels``."""
+        return sum(
+            value
+            for sample, sample_labels, value in self.metrics(service)
+            if sample == name and labels.items() <= sample_labels.items()
+        )
+
+    def ledger(self, services=("orders", "payments", "inventory", "notifications")) -> dict:
+        """What the services' databases hold that an audit needs (``manage.py ledger``)."""
+        ledger = {}
+        for service in services:
+            done = self.manage("ledger", service=service, timeout=60)
+            if done.returncode:
+                raise RuntimeError(f"{service} ledger: {done.stderr}")
+            ledger.update(json.loads(done.stdout))
+        return ledger
+
+    def wait_for(self, predicate, timeout: float = 30.0, interval: float = 0.25):
+        end = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > end:
+                raise AssertionError(f"not true within {timeout} s")
+            time.sleep(interval)

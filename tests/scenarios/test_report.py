@@ -1,0 +1,103 @@
+"""The scenario runner's pure parts: percentiles, the audit of what was left behind, the table."""
+
+from booking.scenarios.catalog import SCENARIOS
+from booking.scenarios.load import ORDER, SHOWS, Profile, Sample
+from booking.scenarios.report import table, write_chart, write_json
+from booking.scenarios.runner import RunResult, audit, counter_deltas, lost, percentile
+
+
+def test_percentile_is_nearest_rank():
+    values = sorted(float(v) for v in range(1, 101))
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (
+        50.0,
+        99.0,
+        100.0,
+    )
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 99) == 0.0
+
+
+LEDGER = {
+    "orders": [
+        {"id": "a", "status": "confirmed", "show_id": 1, "quantity": 1, "settled": True},
+        {"id": "b", "status": "confirmed", "show_id": 1, "quantity": 2, "settled": True},
+        {"id": "c", "status": "payment_pending", "show_id": 2, "quantity": 1, "settled": False},
+        {"id": "d", "status": "failed", "show_id": 2, "quantity": 1, "settled": True},
+        {"id": "old", "status": "confirmed", "show_id": 2, "quantity": 1, "settled": True},
+    ],
+    "payments": [
+        {"order_id": "a", "status": "succeeded"},
+        {"order_id": "a", "status": "succeeded"},  # charged twice
+        {"order_id": "d", "status": "succeeded"},  # paid, order failed
+        {"order_id": "old", "status": "succeeded"},
+        {"order_id": "c", "status": "declined"},
+    ],
+    "inventory": [
+        {"id": 1, "seats_total": 3, "seats_held": 0, "seats_sold": 3},
+        {"id": 2, "seats_total": 2, "seats_held": 2, "seats_sold": 1},  # held + sold > total
+    ],
+    "notifications": [
+        {"order_id": "a", "kind": "order_confirmed"},
+        {"order_id": "a", "kind": "order_confirmed"},
+    ],
+}
+
+
+def test_the_audit_finds_every_kind_of_damage_in_the_runs_orders_only():
+    found = audit(LEDGER, run_orders={"a", "b", "c", "d"}, answered={"a", "b", "zz"})
+    assert found["orders"] == ["a", "b", "c", "d"]
+    assert found["double_charged"] == ["a"]
+    assert found["paid_not_confirmed"] == ["d"]
+    assert found["confirmed_not_paid"] == ["b"]
+    assert found["answered_but_missing"] == ["zz"]
+    assert found["unsettled"] == ["c"]
+    assert found["oversold_shows"] == [2]
+    assert found["seats_not_matching_orders"] == []  # 3 sold = 1 + 2 on show 1; 1 = old on 2
+    assert found["emails_not_exactly_once"] == ["a", "b"]
+    assert lost(found) == ["d", "zz"]
+
+
+def test_counter_deltas_subtract_what_was_there_before_the_run():
+    before = {"payments": {"retries": 2.0, "transitions": {"closed->open": 1.0}}}
+    after = {
+        "payments": {"retries": 5.0, "transitions": {"closed->open": 2.0, "open->half-open": 1.0}},
+        "inventory": {"retries": 1.0, "transitions": {}},
+    }
+    assert counter_deltas(before, after) == {
+        "payments": {"retries": 3.0, "transitions": {"closed->open": 1.0, "open->half-open": 1.0}},
+        "inventory": {"retries": 1.0, "transitions": {}},
+    }
+
+
+def _result(resilience: bool, latency: float, outcome: str) -> RunResult:
+    samples = [
+        Sample(0.1 * i, SHOWS, latency, 200 if outcome == "ok" else None, outcome, "")
+        for i in range(10)
+    ] + [Sample(0.5, ORDER, latency, 201, "ok", "payment_pending", "a")]
+    return RunResult(
+        scenario="payment-hang",
+        resilience=resilience,
+        profile=Profile(duration=2),
+        samples=samples,
+        events=[(0.2, "payments: hang"), (2.0, "every fault lifted")],
+        breakers=[(0.4, "orders/payments", "open"), (3.0, "orders/payments", "closed")],
+        policies={"orders": {"payments": {"retries": 4.0, "transitions": {"closed->open": 1.0}}}},
+        audit=audit(LEDGER, {"a"}, {"a"}),
+        drain_seconds=1.5 if resilience else None,
+    )
+
+
+def test_the_table_puts_both_runs_side_by_side(tmp_path):
+    scenario = SCENARIOS["payment-hang"]
+    results = [_result(False, 9.0, "no_answer"), _result(True, 0.02, "ok")]
+    text = table(scenario, results)
+    header = next(line for line in text.splitlines() if "without resilience" in line)
+    assert "with resilience" in header.replace("without resilience", "")
+    success = next(line for line in text.splitlines() if line.strip().startswith("success"))
+    assert "0.0%" in success and "100.0%" in success
+    assert "orders->payments closed->open x1" in text
+    assert "double charges" in text and "NO" in text  # the run without drained nothing
+    write_json(tmp_path / "r.json", scenario, results)
+    write_chart(tmp_path / "r.png", scenario, results)
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '"resilience": false' in (tmp_path / "r.json").read_text()
