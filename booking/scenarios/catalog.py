@@ -221,7 +221,9 @@ SCENARIOS = {
         Scenario(
             name="payment-down",
             summary="the payments process is killed: connections are refused",
-            profile=Profile(browsers=3, buyers=10, orders_per_buyer=3, duration=15),
+            profile=Profile(
+                browsers=3, buyers=6, orders_per_buyer=15, duration=15, buyer_think=1.0
+            ),
             steps=(kill("payments", at=2),),
             checks=lambda r: [
                 orders_answered(r),
@@ -304,9 +306,13 @@ SCENARIOS = {
         Scenario(
             name="inventory-down",
             summary="the inventory process is killed",
-            profile=Profile(browsers=3, buyers=10, orders_per_buyer=2, duration=12),
+            profile=Profile(
+                browsers=3, buyers=5, orders_per_buyer=12, duration=12, buyer_think=1.0
+            ),
             steps=(kill("inventory", at=2),),
-            watch=(("orders", "inventory"), ("gateway", "inventory")),
+            # The gateway's orders breaker too: orders answers every order with a 503 while
+            # inventory is down, which the gateway counts as failures of orders.
+            watch=(("orders", "inventory"), ("gateway", "inventory"), ("gateway", "orders")),
             checks=lambda r: [
                 Check(
                     "every order answered: confirmed, or a clear 503",

@@ -120,20 +120,27 @@ class Load:
 
     def _browser(self, n: int) -> None:
         session = requests.Session()
-        while self._may_send():
-            answer = self._request(session, "GET", SHOWS, "/api/shows/")
-            shows = self.shows
-            if answer is not None and answer.status_code == 200:
-                shows = [show["id"] for show in answer.json()] or self.shows
-            show = random.choice(shows)
-            for endpoint, path in (
-                (SHOW, f"/api/shows/{show}/"),
-                (RECOMMENDATIONS, f"/api/shows/{show}/recommendations/"),
-            ):
-                if not self._may_send():
-                    return
-                self._request(session, "GET", endpoint, path)
+        while self.browse(session):
             self._think(self.profile.browser_think)
+
+    def browse(self, session=None) -> bool:
+        """The show list, a show, its recommendations (each recorded); False once stopped."""
+        session = session or requests
+        if not self._may_send():
+            return False
+        answer = self._request(session, "GET", SHOWS, "/api/shows/")
+        shows = self.shows
+        if answer is not None and answer.status_code == 200:
+            shows = [show["id"] for show in answer.json()] or self.shows
+        show = random.choice(shows)
+        for endpoint, path in (
+            (SHOW, f"/api/shows/{show}/"),
+            (RECOMMENDATIONS, f"/api/shows/{show}/recommendations/"),
+        ):
+            if not self._may_send():
+                return False
+            self._request(session, "GET", endpoint, path)
+        return True
 
     def _buyer(self, n: int) -> None:
         session = requests.Session()

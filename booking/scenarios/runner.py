@@ -394,12 +394,15 @@ def _drain(stack, before_orders, scenario, poller, lifted, clock) -> tuple[float
         )
 
     # A breaker leaves open only when a call comes after its wait: as in production, traffic
-    # goes on after the fault, here one order a second until the watched breakers closed.
-    probe = Load(stack.urls["gateway"], Profile(), list(scenario.shows))
+    # goes on after the fault, here a browse and an order a second until the breakers closed.
+    probe = Load(
+        stack.urls["gateway"], Profile(duration=scenario.drain_timeout), list(scenario.shows)
+    )
     probe.started = time.monotonic()
     n = 0
     while time.monotonic() < deadline:
         if not closed():
+            probe.browse()
             probe.buy(scenario.shows[n % len(scenario.shows)], email=f"probe{n}@example.com")
             n += 1
         elif settled():

@@ -88,5 +88,10 @@ def test_inventory_down_answers_clear_503s_and_charges_nothing(fresh):
     charged for them, and after the restart every order is settled."""
     result = run("inventory-down", fresh)
     refused = [s for s in result.of(ORDER) if s.status == 503]
-    assert refused and all(s.detail == "503 inventory_unavailable" for s in refused)
+    # From orders (inventory_unavailable), or from the gateway once its orders breaker opened
+    # on those 503s (dependency_unavailable): a code either way, and never a hang.
+    assert refused and {s.detail for s in refused} <= {
+        "503 inventory_unavailable",
+        "503 dependency_unavailable",
+    }
     assert result.audit["paid_not_confirmed"] == []
