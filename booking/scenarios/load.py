@@ -196,10 +196,11 @@ def classify(endpoint: str, answer: requests.Response) -> tuple[str, str, str | 
     if endpoint == ORDER:
         if answer.status_code in (200, 201) and isinstance(body, dict):
             status = body.get("status", "")
-            outcome = OK if status in ("confirmed", "payment_pending") else ERROR
-            return outcome, status, body.get("id")
-        if answer.status_code == 409 and code == "seats_unavailable":
-            return BUSINESS, code, None
+            if status in ("confirmed", "payment_pending"):
+                return OK, status, body.get("id")
+            if status == "failed" and body.get("failure_code") == "seats_unavailable":
+                return BUSINESS, "sold out", body.get("id")
+            return ERROR, f"{status} {body.get('failure_code', '')}".strip(), body.get("id")
         return ERROR, f"{answer.status_code} {code}".strip(), None
     if answer.status_code == 200:
         if endpoint == RECOMMENDATIONS and isinstance(body, dict):

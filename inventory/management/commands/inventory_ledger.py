@@ -11,8 +11,6 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         return json.dumps(
             list(
-                Show.objects.order_by("id").values(
-                    "id", "seats_total", "seats_held", "seats_sold"
-                )
+                Show.objects.order_by("id").values("id", "seats_total", "seats_held", "seats_sold")
             )
         )
