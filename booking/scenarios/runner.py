@@ -299,6 +299,10 @@ def run(
         raise ValueError(f"the stack given runs {label(stack.resilience)}")
     try:
         return _run(scenario, stack, out)
+    except BaseException:
+        if not own:  # a shared stack must not keep this run's faults (Ctrl-C, a failed step)
+            stack.recover()
+        raise
     finally:
         if own:
             out(f"[{label(resilience)}] stopping the stack ...")
