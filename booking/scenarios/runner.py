@@ -13,6 +13,7 @@ One run, step by step:
    oversold seats, emails not sent exactly once; the policies' counters are read as deltas.
 """
 
+import shutil
 import tempfile
 import threading
 import time
@@ -297,8 +298,11 @@ def run(
         stack.up()
     elif stack.resilience != resilience:
         raise ValueError(f"the stack given runs {label(stack.resilience)}")
+    keep = True  # the stack's directory (its logs) is kept when the run broke or a check failed
     try:
-        return _run(scenario, stack, out)
+        result = _run(scenario, stack, out)
+        keep = bool(result.failed_checks)
+        return result
     except BaseException:
         if not own:  # a shared stack must not keep this run's faults (Ctrl-C, a failed step)
             stack.recover()
@@ -307,6 +311,10 @@ def run(
         if own:
             out(f"[{label(resilience)}] stopping the stack ...")
             stack.down()
+            if keep:
+                out(f"[{label(resilience)}] its logs are kept in {stack.var_dir / 'log'}")
+            else:
+                shutil.rmtree(stack.var_dir, ignore_errors=True)
 
 
 def label(resilience: bool) -> str:
