@@ -3,10 +3,19 @@ with resilience on (the checks). ``docs/scenarios.md`` explains each one."""
 
 import math
 
-from django.conf import settings
-
-from booking.scenarios.load import ORDER, RECOMMENDATIONS, SHOW, SHOWS, Profile
+from booking.scenarios.load import (
+    BUSINESS,
+    OK,
+    ORDER,
+    RECOMMENDATIONS,
+    SHOW,
+    SHOWS,
+    Profile,
+    summarize,
+    tally,
+)
 from booking.scenarios.runner import Check, RunResult, Scenario, Step, lost
+from resilience.conf import build_config
 
 BROWSING = (SHOWS, SHOW, RECOMMENDATIONS)
 
@@ -41,7 +50,7 @@ def p99_under(result: RunResult, endpoints, seconds: float, what: str) -> Check:
 
 def success_at_least(result: RunResult, endpoints, ratio: float, what: str) -> Check:
     samples = [s for s in result.samples if s.endpoint in endpoints]
-    good = sum(s.outcome in ("ok", "business") for s in samples)
+    good = sum(s.outcome in (OK, BUSINESS) for s in samples)
     measured = good / len(samples) if samples else 0.0
     return Check(
         f"{what}: success at least {ratio:.0%}",
@@ -53,20 +62,12 @@ def success_at_least(result: RunResult, endpoints, ratio: float, what: str) -> C
 def orders_answered(result: RunResult) -> Check:
     """Every order got an answer: confirmed or payment_pending (or a sold-out refusal)."""
     orders = result.of(ORDER)
-    good = [s for s in orders if s.outcome in ("ok", "business")]
+    good = [s for s in orders if s.outcome in (OK, BUSINESS)]
     return Check(
         "every order answered (confirmed, payment_pending or sold out)",
         bool(orders) and len(good) == len(orders),
-        f"{len(good)}/{len(orders)}: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(_details(orders).items())),
+        f"{len(good)}/{len(orders)}: {summarize(orders)}",
     )
-
-
-def _details(samples) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for s in samples:
-        found[s.detail or s.outcome] = found.get(s.detail or s.outcome, 0) + 1
-    return found
 
 
 def nothing_lost(result: RunResult) -> list[Check]:
@@ -104,10 +105,7 @@ def opened(result: RunResult, breaker: str) -> Check:
 
 def reclosed(result: RunResult, breaker: str) -> Check:
     """Closed again after the fault, within its open wait plus the time for its trial calls."""
-    name = breaker.split("/")[1]
-    wait = settings.RESILIENCE_POLICIES[name]["CIRCUIT_BREAKER"].get(
-        "WAIT_DURATION_IN_OPEN_STATE", 60.0
-    )
+    wait = build_config(breaker.split("/")[1]).circuit_breaker.wait_duration_in_open_state
     took = result.recovery.get(breaker, 0.0)
     return Check(
         f"the {breaker} breaker closed within its wait ({wait:g} s) plus 15 s of trial calls",
@@ -170,13 +168,13 @@ def retry_storm_checks(result: RunResult) -> list[Check]:
         )
     )
     retries = result.total("retries", "orders", "payments")
-    retry = settings.RESILIENCE_POLICIES["payments"]["RETRY"]
-    ratio = retry.get("BUDGET_RATIO", 0.2)
-    # The floor is per process and per window: 2 gunicorn workers, windows the run spans.
-    window, floor = (
-        retry.get("BUDGET_WINDOW", 10.0),
-        retry.get("BUDGET_MIN_RETRIES_PER_SECOND", 1.0),
+    retry = build_config("payments").retry
+    ratio, window, floor = (
+        retry.budget_ratio,
+        retry.budget_window,
+        retry.budget_min_retries_per_second,
     )
+    # The floor is per process and per window: 2 gunicorn workers, windows the run spans.
     windows = math.ceil((result.profile.duration + 10) / window) + 1
     budget = ratio * calls + floor * window * windows * 2
     return [
@@ -271,7 +269,7 @@ SCENARIOS = {
                 Check(
                     "every order confirmed",
                     [s.detail for s in r.of(ORDER)] == ["confirmed"] * len(r.of(ORDER)),
-                    ", ".join(f"{k} {v}" for k, v in _details(r.of(ORDER)).items()),
+                    summarize(r.of(ORDER)),
                 ),
                 p99_under(r, [ORDER], 3.0, "orders"),
                 counted(
@@ -297,8 +295,8 @@ SCENARIOS = {
                 p99_under(r, [RECOMMENDATIONS], 2.0, "recommendations"),
                 Check(
                     "recommendations answered from the cache and from popular shows",
-                    {"source=cache", "source=popular"} <= set(_details(r.of(RECOMMENDATIONS))),
-                    ", ".join(f"{k} {v}" for k, v in _details(r.of(RECOMMENDATIONS)).items()),
+                    {"source=cache", "source=popular"} <= set(tally(r.of(RECOMMENDATIONS))),
+                    summarize(r.of(RECOMMENDATIONS)),
                 ),
                 orders_answered(r),
             ],
@@ -316,8 +314,8 @@ SCENARIOS = {
             checks=lambda r: [
                 Check(
                     "every order answered: confirmed, or a clear 503",
-                    all(s.outcome == "ok" or s.detail.startswith("503 ") for s in r.of(ORDER)),
-                    ", ".join(f"{k} {v}" for k, v in _details(r.of(ORDER)).items()),
+                    all(s.outcome == OK or s.detail.startswith("503 ") for s in r.of(ORDER)),
+                    summarize(r.of(ORDER)),
                 ),
                 p99_under(r, [ORDER], 5.0, "orders"),
                 drained(r),

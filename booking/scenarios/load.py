@@ -10,6 +10,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import requests
@@ -60,6 +61,17 @@ class Sample:
         return asdict(self)
 
 
+def tally(samples) -> Counter:
+    """How many samples ended each way: their detail (order status, recommendation source,
+    error code), else their outcome."""
+    return Counter(s.detail or s.outcome for s in samples)
+
+
+def summarize(samples) -> str:
+    """``tally`` as one line, most frequent first: "confirmed 18, payment_pending 2"."""
+    return ", ".join(f"{k} {v}" for k, v in tally(samples).most_common()) or "-"
+
+
 class Load:
     def __init__(self, gateway: str, profile: Profile, shows: list[int]) -> None:
         if not shows:
@@ -72,7 +84,7 @@ class Load:
         self._sent = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.started = 0.0
+        self.started = time.monotonic()  # start() resets it; buy() and browse() work without
 
     # -- running ---------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from booking.scenarios.load import ENDPOINTS, ERROR, NO_ANSWER, ORDER
+from booking.scenarios.load import ENDPOINTS, ERROR, NO_ANSWER, ORDER, summarize
 from booking.scenarios.runner import RunResult, Scenario, label, lost
 
 
@@ -36,7 +36,7 @@ def table(scenario: Scenario, results: list[RunResult]) -> str:
                 ],
             ),
         ]
-    rows.append(("order answers", [_outcomes(r) for r in results]))
+    rows.append(("order answers", [summarize(r.of(ORDER)) for r in results]))
     rows.append(("breaker transitions", [_transitions(r) for r in results]))
     rows.append(("retries", [_by_policy(r, "retries") for r in results]))
     rows.append(
@@ -107,14 +107,6 @@ def _wrap(cell: str, width: int = 34) -> list[str]:
         else:
             line = f"{line}, {part}" if line else part
     return [*lines, line]
-
-
-def _outcomes(result: RunResult) -> str:
-    counts: dict[str, int] = {}
-    for s in result.of(ORDER):
-        key = s.detail or s.outcome
-        counts[key] = counts.get(key, 0) + 1
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
 
 
 def _transitions(result: RunResult) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from booking.scenarios.load import ENDPOINTS, ERROR, NO_ANSWER, OK, Load, Profile, Sample
+from booking.scenarios.load import ENDPOINTS, ERROR, NO_ANSWER, OK, Load, Profile, Sample, tally
 from booking.scenarios.stack import RunningStack
 
 POLL_INTERVAL = 0.5
@@ -94,7 +94,7 @@ class RunResult:
                 "p50": percentile(latencies, 50),
                 "p95": percentile(latencies, 95),
                 "p99": percentile(latencies, 99),
-                "outcomes": dict(Counter(s.detail or s.outcome for s in samples)),
+                "outcomes": dict(tally(samples)),
             }
         return table
 
@@ -201,14 +201,16 @@ def counter_deltas(before: dict, after: dict) -> dict:
     return deltas
 
 
-def breaker_state(stack: RunningStack, service: str, breaker: str) -> str | None:
-    """The worst state any live worker of ``service`` last saw ``breaker`` in (None: no answer)."""
-    seen = [
-        labels["state"]
-        for name, labels, value in stack.metrics(service)
-        if name == "resilience_circuitbreaker_state" and labels.get("name") == breaker and value
-    ]
-    return max(seen, key=SEVERITY.__getitem__) if seen else None
+def breaker_states(stack: RunningStack, service: str) -> dict[str, str]:
+    """breaker -> the worst state any live worker of ``service`` last saw it in, from one read
+    of its /metrics ({} if it did not answer)."""
+    worst: dict[str, str] = {}
+    for name, labels, value in stack.metrics(service):
+        if name == "resilience_circuitbreaker_state" and value:
+            breaker, state = labels["name"], labels["state"]
+            if SEVERITY[state] >= SEVERITY[worst.get(breaker, "closed")]:
+                worst[breaker] = state
+    return worst
 
 
 # -- the audit ---------------------------------------------------------------------------------
@@ -275,8 +277,9 @@ class _Poller(threading.Thread):
 
     def run(self) -> None:
         while not self.halt.is_set():
+            states = {service: breaker_states(self.stack, service) for service, _ in self.watch}
             for service, breaker in self.watch:
-                state = breaker_state(self.stack, service, breaker)
+                state = states[service].get(breaker)
                 key = f"{service}/{breaker}"
                 if state and state != self.state(key):
                     self.seen.append((round(self.clock(), 2), key, state))
@@ -326,7 +329,7 @@ def _run(scenario: Scenario, stack: RunningStack, out) -> RunResult:
     gateway = stack.urls["gateway"]
     for show in scenario.shows[:3]:  # warm up: the cache has seen these shows
         requests.get(f"{gateway}/api/shows/{show}/recommendations/", timeout=5)
-    before_orders = {o["id"] for o in stack.ledger()["orders"]}
+    before_orders = {o["id"] for o in stack.ledger(("orders",))["orders"]}
     services = sorted({"gateway", "orders", *(service for service, _ in scenario.watch)})
     before = {service: policy_counters(stack, service) for service in services}
 
@@ -410,7 +413,6 @@ def _drain(stack, before_orders, scenario, poller, lifted, clock) -> tuple[float
     probe = Load(
         stack.urls["gateway"], Profile(duration=scenario.drain_timeout), list(scenario.shows)
     )
-    probe.started = time.monotonic()
     n = 0
     while time.monotonic() < deadline:
         if not closed():

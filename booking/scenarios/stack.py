@@ -202,13 +202,6 @@ class RunningStack:
         except requests.RequestException:
             return False
 
-    def health(self, service: str) -> dict:
-        """The service's health document (circuit breakers included); {} if it did not answer."""
-        try:
-            return requests.get(self.url(service, "/health/"), timeout=2).json()
-        except (requests.RequestException, ValueError):
-            return {}
-
     def metrics(self, service: str) -> list[tuple[str, dict[str, str], float]]:
         """Every sample of the service's /metrics as (name, labels, value); [] if no answer."""
         try:
@@ -220,14 +213,6 @@ class RunningStack:
             for family in text_string_to_metric_families(text)
             for sample in family.samples
         ]
-
-    def metric(self, service: str, name: str, **labels: str) -> float:
-        """The sum of a metric's samples on a service whose labels include ``labels``."""
-        return sum(
-            value
-            for sample, sample_labels, value in self.metrics(service)
-            if sample == name and labels.items() <= sample_labels.items()
-        )
 
     def ledger(self, services=("orders", "payments", "inventory", "notifications")) -> dict:
         """What the services' databases hold that an audit needs (``manage.py ledger``)."""

@@ -35,7 +35,7 @@ def test_recommendations_down_falls_back_to_cache_then_popular(fresh):
     shows, each within 2 s, and the storefront page still renders and says so."""
     url = fresh.url("gateway", "/api/shows/{}/recommendations/")
     assert requests.get(url.format(1), timeout=5).json()["source"] == "live"
-    assert fresh.manage("stack", "stop", "recommendations").returncode == 0
+    fresh.stop("recommendations")
     try:
         for show_id, source in [(1, "cache"), (2, "popular")]:
             start = time.monotonic()
@@ -46,8 +46,7 @@ def test_recommendations_down_falls_back_to_cache_then_popular(fresh):
         page = requests.get(fresh.url("gateway", "/shows/2/"), timeout=5)
         assert page.status_code == 200 and "popular shows instead" in page.text
     finally:
-        assert fresh.manage("stack", "start", "recommendations").returncode == 0
-        fresh.wait_for(lambda: fresh.healthy("recommendations"))
+        fresh.start("recommendations")  # and waits until it is healthy
 
 
 def test_notifications_hanging_slows_no_order_and_every_email_goes_out_once(fresh):
