@@ -2,7 +2,8 @@
 
 For every call a service makes, the caller's attempt timeout (``CONNECT + READ``) must cover
 the callee's own worst case: the sum of the deadlines of the calls the callee makes in
-sequence for its slowest endpoint (each call: its bulkhead's ``MAX_WAIT``, then its ``DEADLINE``). When it does not, the caller gives up while the callee
+sequence for its slowest endpoint (each call's ``DEADLINE``, which a wait for a bulkhead slot
+counts inside). When it does not, the caller gives up while the callee
 is still working: the bug behind Istio's well-known productpage/reviews timeouts. (Here the
 deadline header limits the damage at run time: the callee learns when the attempt ends.)
 Retry amplification multiplies ``MAX_ATTEMPTS`` along each path from the entry point.
@@ -24,12 +25,12 @@ class Edge:
     attempt: float
     deadline: float
     attempts: int
-    bulkhead_wait: float = 0.0
 
     @property
     def worst(self) -> float:
-        """The longest the caller can spend on this call: waiting for a slot, then the deadline."""
-        return self.bulkhead_wait + self.deadline
+        """The longest the caller can spend on this call: its deadline (a wait for a bulkhead
+        slot counts inside it)."""
+        return self.deadline
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,6 @@ class Graph:
             policy.timeout.connect + policy.timeout.read,
             policy.deadline,
             policy.retry.max_attempts if policy.enabled else 1,
-            policy.bulkhead.max_wait if policy.enabled else 0.0,
         )
 
     def worst_case(self, service: str) -> float:

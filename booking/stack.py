@@ -1,7 +1,7 @@
 """The local stack: every service as its own gunicorn process group, the task worker and the
 hold sweeper, supervised by supervisor, all on 127.0.0.1.
 
-Ports come from ``settings.SERVICES``; everything the processes write (databases, logs,
+Ports come from ``settings.SERVICE_URLS``; everything the processes write (databases, logs,
 metrics, mail, supervisor's socket) goes under ``settings.VAR_DIR``. With
 ``STACK_DATABASE_URL`` (for example ``postgres://postgres@127.0.0.1:5432/booking_{service}``)
 each service gets its own PostgreSQL database instead of its own SQLite file.
@@ -64,10 +64,10 @@ class Stack:
     # -- what runs where ---------------------------------------------------------------------
 
     def bind(self, service: str) -> str:
-        url = urlparse(settings.SERVICES[service])
+        url = urlparse(settings.SERVICE_URLS[service])
         if url.hostname not in ("127.0.0.1", "localhost"):
             raise StackError(
-                f"{service} is at {settings.SERVICES[service]}: the local stack only runs on 127.0.0.1"
+                f"{service} is at {settings.SERVICE_URLS[service]}: the local stack only runs on 127.0.0.1"
             )
         return f"127.0.0.1:{url.port or 80}"
 
@@ -76,7 +76,7 @@ class Stack:
             "DJANGO_SETTINGS_MODULE": f"booking.settings.{service}",
             "BOOKING_VAR_DIR": str(self.var),
             "PYTHONUNBUFFERED": "1",
-            **{f"{name.upper()}_URL": settings.SERVICES[name] for name in SERVICES},
+            **{f"{name.upper()}_URL": settings.SERVICE_URLS[name] for name in SERVICES},
         }
         template = os.environ.get("STACK_DATABASE_URL")
         if template:
@@ -250,7 +250,7 @@ class Stack:
         for service in SERVICES:
             try:
                 status[service] = requests.get(
-                    f"{settings.SERVICES[service]}/health/", timeout=2
+                    f"{settings.SERVICE_URLS[service]}/health/", timeout=2
                 ).status_code
             except requests.RequestException:
                 status[service] = None
@@ -337,10 +337,10 @@ class Stack:
         self.out("Stopped.")
 
     def banner(self) -> None:
-        gateway = settings.SERVICES["gateway"]
+        gateway = settings.SERVICE_URLS["gateway"]
         self.out(f"\nThe concert-booking stack is up (logs in {self.var / 'log'}):")
         self.out(f"  storefront       {gateway}/")
         self.out(f"  public API       {gateway}/api/shows/   (docs: {gateway}/api/docs/)")
         for service in SERVICES:
-            self.out(f"  {service:<16} {settings.SERVICES[service]}/health/  /metrics  /chaos/")
+            self.out(f"  {service:<16} {settings.SERVICE_URLS[service]}/health/  /metrics  /chaos/")
         self.out(f"\nChaos token (Authorization: Bearer ...): {self.chaos_token()}")

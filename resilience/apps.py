@@ -3,7 +3,12 @@ from django.core.signals import setting_changed
 
 
 def _reload_policies(*, setting, **kwargs) -> None:
-    if setting in ("RESILIENCE_POLICIES", "SERVICES", "RESILIENCE_NAMESPACE"):
+    if setting in (
+        "RESILIENCE_POLICIES",
+        "RESILIENCE_SERVICES",
+        "RESILIENCE_NAMESPACE",
+        "RESILIENCE_REDIS",
+    ):
         from resilience import policies
 
         policies.reset()

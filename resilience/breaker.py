@@ -1,18 +1,21 @@
-"""A circuit breaker on pybreaker's state machine, storage and listeners, made right where pybreaker is not.
+"""A circuit breaker that never serialises the calls through it, on a state kept by ``storage``.
 
-pybreaker's ``CircuitBreaker.call`` holds one lock for the whole guarded call, counts only
-consecutive failures, lets every waiting caller into half-open, counts an excluded error as
-a success and reads the wall clock. This breaker keeps pybreaker's states, storages and
-listener protocol and replaces the call path:
-
-- no lock is held while the guarded function runs;
-- it trips on the failure rate and the slow-call rate over a count-based sliding window,
-  once ``MINIMUM_NUMBER_OF_CALLS`` are recorded;
-- after ``WAIT_DURATION_IN_OPEN_STATE`` it admits exactly ``PERMITTED_CALLS_IN_HALF_OPEN_STATE``
-  trial calls, across processes when the storage is Redis, and decides on their failure rate;
-- ignored outcomes (4xx answers, ``BusinessError``, ``IGNORE_EXCEPTIONS``) count neither way;
-- time comes from an injectable monotonic clock; ``BaseException``s that are not
+- No lock is held while the guarded function runs, and a call through a closed breaker reads
+  one tuple of this process's state: no lock, no I/O (also with Redis storage).
+- It trips on the failure rate and the slow-call rate over a count-based sliding window of
+  this process's calls, once ``MINIMUM_NUMBER_OF_CALLS`` are recorded.
+- After ``WAIT_DURATION_IN_OPEN_STATE`` it admits exactly ``PERMITTED_CALLS_IN_HALF_OPEN_STATE``
+  trial calls, across processes when the storage is Redis, and decides on their rates.
+- Ignored outcomes (4xx answers, ``BusinessError``, ``IGNORE_EXCEPTIONS``, an attempt cut short
+  by the caller's deadline) count neither way and give a trial permit back.
+- Time comes from an injectable monotonic clock; ``BaseException``s that are not
   ``Exception``s (``KeyboardInterrupt``, ``SystemExit``) pass through without being counted.
+
+Why not pybreaker, which this app was first built on: its ``call`` holds one lock around the
+guarded call, it counts consecutive failures only, and its state objects write pybreaker's
+counters to their storage whenever they are created, which with Redis meant a write on the
+caller's thread for every transition any process observed. What remained of it was three
+state names; docs/resilience.md has the details.
 """
 
 import collections
@@ -21,13 +24,16 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import pybreaker
-
 from resilience import metrics
 from resilience.clock import Clock
 from resilience.clock import clock as default_clock
 from resilience.conf import BreakerConfig
-from resilience.exceptions import BusinessError, CircuitOpenError, UpstreamStatusError
+from resilience.exceptions import (
+    BusinessError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    UpstreamStatusError,
+)
 from resilience.storage import (
     CLOSED,
     DISABLED,
@@ -35,18 +41,20 @@ from resilience.storage import (
     HALF_OPEN,
     NORMAL,
     OPEN,
-    build_storage,
+    LinkOptions,
+    build_state,
 )
 
 logger = logging.getLogger("resilience.breaker")
 T = TypeVar("T")
 
-# What ``acquire`` hands out: how the call was let through and in which epoch (state period),
-# so that its outcome lands in the right place or, if the state has moved on, nowhere.
+# What ``acquire`` hands out: (how the call was let through, the generation of this process's
+# view it was let through in, the shared epoch of a trial permit taken in Redis or 0), so that
+# its outcome lands in the right place or, if the state has moved on, nowhere.
 PERMIT_CLOSED = "closed"
 PERMIT_TRIAL = "trial"
 PERMIT_DISABLED = "disabled"
-Permit = tuple[str, int]
+Permit = tuple[str, int, int]
 
 SUCCESS = "success"
 FAILURE = "failure"
@@ -54,51 +62,57 @@ IGNORED = "ignored"
 
 
 class SlidingWindow:
-    """The outcomes of the last ``size`` calls, with running counts of failures and slow calls."""
+    """The outcomes of the last ``size`` calls of one generation, with running counts."""
 
     def __init__(self, size: int) -> None:
         self._outcomes: collections.deque[tuple[bool, bool]] = collections.deque(maxlen=size)
+        self._size = size
+        self._full_and_clean = (size, 0.0, 0.0)
         self._failures = 0
         self._slow = 0
+        self._generation = 0
         self._lock = threading.Lock()
 
-    def record(self, failed: bool, slow: bool) -> tuple[int, float, float]:
-        """Add an outcome; the number of calls recorded, failure rate and slow rate in percent."""
+    def record(self, generation: int, failed: bool, slow: bool) -> tuple[int, float, float] | None:
+        """Add an outcome of ``generation``: (calls recorded, failure %, slow %), or ``None`` if
+        the window has moved on to a later generation. A new generation starts it empty."""
+        if (
+            not (failed or slow or self._failures or self._slow)
+            and generation == self._generation
+            and len(self._outcomes) == self._size
+        ):
+            # A success into a full window of successes changes nothing. Read without the lock:
+            # a failure recorded meanwhile is as if recorded just after this success.
+            return self._full_and_clean
         with self._lock:
-            if len(self._outcomes) == self._outcomes.maxlen:
-                old_failed, old_slow = self._outcomes[0]
+            if generation != self._generation:
+                if generation < self._generation:
+                    return None
+                self._generation = generation
+                self._outcomes.clear()
+                self._failures = self._slow = 0
+            outcomes = self._outcomes
+            if len(outcomes) == outcomes.maxlen:
+                old_failed, old_slow = outcomes[0]
                 self._failures -= old_failed
                 self._slow -= old_slow
-            self._outcomes.append((failed, slow))
+            outcomes.append((failed, slow))
             self._failures += failed
             self._slow += slow
-            n = len(self._outcomes)
+            n = len(outcomes)
+            return n, 100.0 * self._failures / n, 100.0 * self._slow / n
+
+    def rates(self, generation: int) -> tuple[int, float, float]:
+        with self._lock:
+            n = len(self._outcomes) if generation == self._generation else 0
+            if not n:
+                return 0, 0.0, 0.0
             return n, 100.0 * self._failures / n, 100.0 * self._slow / n
 
     def clear(self) -> None:
         with self._lock:
             self._outcomes.clear()
             self._failures = self._slow = 0
-
-
-class _Machine(pybreaker.CircuitBreaker):
-    """pybreaker's breaker, used for its state objects, storage and listener notifications only."""
-
-    def call(self, func, *args, **kwargs):  # pragma: no cover - guarded against misuse
-        raise TypeError("call through resilience.breaker.CircuitBreaker, not its pybreaker core")
-
-
-class _Observer(pybreaker.CircuitBreakerListener):
-    """Keeps this process's window and state gauge in step with every state change it sees."""
-
-    def __init__(self, breaker: "CircuitBreaker") -> None:
-        self.breaker = breaker
-
-    def state_change(self, cb, old_state, new_state) -> None:
-        self.breaker.window.clear()
-        metrics.set_state(self.breaker.name, new_state.name)
-        metrics.breaker_failure_rate.labels(self.breaker.name).set(-1)
-        metrics.breaker_slow_call_rate.labels(self.breaker.name).set(-1)
 
 
 class CircuitBreaker:
@@ -109,203 +123,213 @@ class CircuitBreaker:
         *,
         clock: Clock = default_clock,
         namespace: str = "resilience",
-        listeners: tuple[pybreaker.CircuitBreakerListener, ...] = (),
+        storage_options: LinkOptions | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.clock = clock
         self.window = SlidingWindow(config.sliding_window_size)
-        self.storage = build_storage(config.storage, namespace=f"{namespace}:{name}", clock=clock)
-        self._sync_lock = threading.Lock()
-        self._machine = _Machine(
-            name=name,
-            state_storage=self.storage,
-            reset_timeout=config.wait_duration_in_open_state,
-            exclude=list(config.ignore_exceptions),
-            listeners=[_Observer(self), *listeners],
+        self._listeners: list[Callable[[CircuitBreaker, str, str], None]] = []
+        self.stats = metrics.stats_for(name)
+        self.stats.breaker = self
+        metrics.set_state(name, CLOSED)
+        self.state = build_state(
+            config.storage,
+            key=f"{namespace}:{name}:breaker",
+            clock=clock,
+            on_change=self._changed,
+            options=storage_options,
         )
-        self._calls = {
-            kind: metrics.breaker_calls.labels(name, kind)
-            for kind in (
-                "successful",
-                "failed",
-                "slow_successful",
-                "slow_failed",
-                "ignored",
-                "not_permitted",
-            )
-        }
-        self._failure_rate = metrics.breaker_failure_rate.labels(name)
-        self._slow_call_rate = metrics.breaker_slow_call_rate.labels(name)
-        self._failure_rate.set(-1)
-        self._slow_call_rate.set(-1)
-        self._seen, _, self._seen_epoch = self.storage.snapshot()
-        metrics.set_state(name, self._seen)
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self.current_state} ({self.state.describe()})>"
 
     # -- state -----------------------------------------------------------------------------
 
     @property
     def current_state(self) -> str:
-        """``"closed"``, ``"open"`` or ``"half-open"``, as the storage has it now."""
-        state, _, epoch = self.storage.snapshot()
-        self._sync(state, epoch)
-        return state
+        """``"closed"``, ``"open"`` or ``"half-open"``, as this process sees it now."""
+        return self.state.view[0]
 
     @property
     def mode(self) -> str:
         """``"normal"``, ``"forced-open"`` (operator) or ``"disabled"`` (every call passes, none counted)."""
-        return self.storage.snapshot()[1]
+        return self.state.view[1]
 
-    def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
-        """A pybreaker listener: ``state_change(cb, old, new)`` for every change this process sees."""
-        self._machine.add_listener(listener)
+    def sync(self) -> None:
+        """Read the shared state now (Redis storage); calls never need to, changes arrive by
+        themselves within about a second."""
+        self.state.sync()
 
-    def _sync(self, state: str, epoch: int) -> None:
-        """Bring pybreaker's cached state in line with storage, notifying listeners of a change.
+    def add_listener(self, listener: Callable[["CircuitBreaker", str, str], None]) -> None:
+        """``listener(breaker, old_state, new_state)`` for every state change this process sees."""
+        self._listeners.append(listener)
 
-        Only a newer epoch moves it: a snapshot read before a transition cannot rewind it.
-        """
-        if epoch <= self._seen_epoch:
-            return
-        with self._sync_lock:
-            if epoch <= self._seen_epoch:
-                return
-            changed = state != self._seen
-            self._seen, self._seen_epoch = state, epoch
-            self.window.clear()
-            if changed:
-                self._machine.state = state
+    def _changed(self, old: str, new: str) -> None:
+        metrics.set_state(self.name, new)
+        for listener in self._listeners:
+            try:
+                listener(self, old, new)
+            except Exception:
+                logger.exception("circuit breaker %r: a listener failed", self.name)
 
-    def _transition(self, expected: str | None, new: str, *, reason: str) -> int:
-        """Make a transition in storage (compare-and-set): its epoch, or 0 if it did not happen."""
+    def gauge_values(self) -> tuple[float, float]:
+        """(failure rate, slow-call rate) in percent for the gauges; -1 before a verdict."""
+        state, mode, generation = self.state.view
+        n, failure_rate, slow_rate = self.window.rates(generation)
+        if state != CLOSED or mode != NORMAL or n < self.config.minimum_number_of_calls:
+            return -1.0, -1.0
+        return failure_rate, slow_rate
+
+    def _transition(self, expected: str, generation: int, new: str, *, reason: str) -> int:
+        """A transition this process makes (compare-and-set): the new generation, or 0."""
         wait = self.config.wait_duration_in_open_state
-        old = expected or self._seen
-        epoch = self.storage.transition(expected, new, wait=wait)
-        if not epoch:
-            return 0
-        self._sync(new, epoch)
+        moved = self.state.transition(expected, generation, new, wait=wait)
+        if moved:
+            self._made(expected, new, reason)
+        return moved
+
+    def _made(self, old: str, new: str, reason: str) -> None:
         metrics.breaker_transitions.labels(self.name, old, new).inc()
         logger.warning("circuit breaker %r: %s -> %s (%s)", self.name, old, new, reason)
-        return epoch
 
     # -- manual control ----------------------------------------------------------------------
 
+    def _command(self, new: str, mode: str, reason: str) -> None:
+        old = self.current_state
+        if self.state.transition(None, None, new, mode=mode) and old != new:
+            self._made(old, new, reason)
+
     def force_open(self) -> None:
         """Reject every call until ``force_closed`` or ``reset``, whatever the outcomes."""
-        self.storage.set_mode(FORCED_OPEN)
-        self._transition(None, OPEN, reason="forced open")
+        self._command(OPEN, FORCED_OPEN, "forced open")
 
     def force_closed(self) -> None:
         """Close now and start counting afresh."""
-        self.storage.set_mode(NORMAL)
-        self._transition(None, CLOSED, reason="forced closed")
+        self._command(CLOSED, NORMAL, "forced closed")
         self.window.clear()
-        self._failure_rate.set(-1)
-        self._slow_call_rate.set(-1)
 
     def disable(self) -> None:
         """Let every call through and count none, until ``force_closed`` or ``reset``."""
-        self.storage.set_mode(DISABLED)
+        self._command(self.current_state, DISABLED, "disabled")
         logger.warning("circuit breaker %r disabled", self.name)
 
     def reset(self) -> None:
         """Closed, normal mode, empty window: as if just built."""
-        self.storage.clear()
+        self._command(CLOSED, NORMAL, "reset")
         self.window.clear()
-        state, _, epoch = self.storage.snapshot()
-        self._sync(state, epoch)
-        self._failure_rate.set(-1)
-        self._slow_call_rate.set(-1)
+
+    def close(self) -> None:
+        """Stop sharing state (Redis storage): for a breaker that is thrown away."""
+        self.state.close()
 
     # -- calls ---------------------------------------------------------------------------------
 
     def acquire(self) -> Permit:
         """Permission for one call, or ``CircuitOpenError``. Hand the permit back to ``record``."""
-        state, mode, epoch = self.storage.snapshot()
-        self._sync(state, epoch)
+        state, mode, generation = self.state.view
+        if state == CLOSED and mode == NORMAL:
+            return PERMIT_CLOSED, generation, 0
+        return self._acquire_otherwise(state, mode, generation)
+
+    def _acquire_otherwise(self, state: str, mode: str, generation: int) -> Permit:
         if mode == DISABLED:
-            return PERMIT_DISABLED, epoch
-        if mode != FORCED_OPEN:
-            if state == CLOSED:
-                return PERMIT_CLOSED, epoch
-            if state == OPEN:
-                moved = self._transition(OPEN, HALF_OPEN, reason="open wait over")
-                if moved:
-                    state, epoch = HALF_OPEN, moved
-                else:  # still waiting, or another caller moved it first
-                    state, _, epoch = self.storage.snapshot()
-                    self._sync(state, epoch)
-            if state == HALF_OPEN:
-                permitted = self.config.permitted_calls_in_half_open_state
-                if self.storage.acquire_trial(permitted, epoch):
-                    return PERMIT_TRIAL, epoch
+            return PERMIT_DISABLED, generation, 0
+        if mode == NORMAL:
+            cfg = self.config
+            wait = cfg.wait_duration_in_open_state
+            if state == OPEN and self.clock.now() - self.state.since >= wait:
+                self._transition(OPEN, generation, HALF_OPEN, reason="open wait over")
+                state, mode, generation = self.state.view  # ours, or whoever moved it first
+            if state == CLOSED and mode == NORMAL:
+                return PERMIT_CLOSED, generation, 0
+            if state == HALF_OPEN and mode == NORMAL:
+                permitted = cfg.permitted_calls_in_half_open_state
+                epoch = self.state.acquire_trial(generation, permitted)
+                if epoch is not None:
+                    return PERMIT_TRIAL, generation, epoch
                 # Trials that never report back (their process died) must not wedge it here.
-                restarted = self._transition(
-                    HALF_OPEN, HALF_OPEN, reason="trial calls did not report back"
-                )
-                if restarted and self.storage.acquire_trial(permitted, restarted):
-                    return PERMIT_TRIAL, restarted
-            elif state == CLOSED:
-                return PERMIT_CLOSED, epoch
-        self._calls["not_permitted"].inc()
+                if self.clock.now() - self.state.since >= wait:
+                    restarted = self._transition(
+                        HALF_OPEN, generation, HALF_OPEN, reason="trial calls did not report back"
+                    )
+                    if restarted:
+                        epoch = self.state.acquire_trial(restarted, permitted)
+                        if epoch is not None:
+                            return PERMIT_TRIAL, restarted, epoch
+        self.stats.add(metrics.CALLS_NOT_PERMITTED)
         raise CircuitOpenError(f"circuit breaker {self.name!r} is {state}", policy=self.name)
 
     def classify(self, exc: BaseException) -> str:
-        if isinstance(exc, (BusinessError, *self.config.ignore_exceptions)):
-            return IGNORED
+        """How an exception of the guarded call counts: ``"failure"`` or ``"ignored"``."""
+        if isinstance(exc, (BusinessError, DeadlineExceededError, *self.config.ignore_exceptions)):
+            return IGNORED  # the request's fault, or the caller's deadline: not the dependency's
         if isinstance(exc, UpstreamStatusError) and (exc.status_code or 500) < 500:
             return IGNORED  # a 429 is retried, but a 4xx never counts against the dependency
+        if getattr(exc, "dependency_outage", False):
+            return IGNORED  # the callee is fine; a service behind it is not
         return FAILURE
 
-    def record(self, permit: Permit, outcome: str, duration: float) -> None:
-        """Count the outcome of a call let through by ``acquire``."""
-        kind, epoch = permit
+    def record(self, permit: Permit, outcome: str, duration: float) -> int:
+        """Count the outcome of a call let through by ``acquire``; the ``metrics`` slot it took."""
+        kind, generation, epoch = permit
         if kind == PERMIT_DISABLED:
-            return
-        slow = duration >= self.config.slow_call_duration
+            return -1
         if outcome == IGNORED:
-            self._calls["ignored"].inc()
             self.release(permit)
-            return
+            return metrics.CALLS_IGNORED
         failed = outcome == FAILURE
-        self._calls[("slow_" if slow else "") + ("failed" if failed else "successful")].inc()
+        slow = duration >= self.config.slow_call_duration
         if kind == PERMIT_TRIAL:
-            self._record_trial(failed, slow, epoch)
-        elif epoch == self._seen_epoch and self._seen == CLOSED:
-            self._record_closed(failed, slow)
+            self._record_trial(failed, slow, generation, epoch)
+        elif generation == self.state.view[2]:  # else: from a state period that is over
+            self._record_closed(failed, slow, generation)
+        if failed:
+            return metrics.CALLS_SLOW_FAILED if slow else metrics.CALLS_FAILED
+        return metrics.CALLS_SLOW_SUCCESSFUL if slow else metrics.CALLS_SUCCESSFUL
 
     def release(self, permit: Permit) -> None:
         """Give back a permit whose call ended without an outcome (``KeyboardInterrupt`` and the like)."""
-        kind, epoch = permit
+        kind, generation, epoch = permit
         if kind == PERMIT_TRIAL:
-            self.storage.release_trial(epoch)
+            self.state.release_trial(generation, epoch)
 
-    def _record_closed(self, failed: bool, slow: bool) -> None:
+    def _record_closed(self, failed: bool, slow: bool, generation: int) -> None:
         cfg = self.config
-        n, failure_rate, slow_rate = self.window.record(failed, slow)
+        recorded = self.window.record(generation, failed, slow)
+        if recorded is None:
+            return
+        n, failure_rate, slow_rate = recorded
         if n < cfg.minimum_number_of_calls:
             return
-        self._failure_rate.set(failure_rate)
-        self._slow_call_rate.set(slow_rate)
         if failure_rate >= cfg.failure_rate_threshold:
-            self._transition(CLOSED, OPEN, reason=f"failure rate {failure_rate:.0f}% of {n} calls")
+            reason = f"failure rate {failure_rate:.0f}% of {n} calls"
         elif slow_rate >= cfg.slow_call_rate_threshold:
-            self._transition(CLOSED, OPEN, reason=f"slow-call rate {slow_rate:.0f}% of {n} calls")
+            reason = f"slow-call rate {slow_rate:.0f}% of {n} calls"
+        else:
+            return
+        self._transition(CLOSED, generation, OPEN, reason=reason)
 
-    def _record_trial(self, failed: bool, slow: bool, epoch: int) -> None:
+    def _record_trial(self, failed: bool, slow: bool, generation: int, epoch: int) -> None:
         cfg = self.config
-        tally = self.storage.record_trial(failed, slow, epoch)
+        tally = self.state.record_trial(generation, epoch, failed, slow)
         if tally is None or tally[0] < cfg.permitted_calls_in_half_open_state:
             return
         done, failures, slows = tally
         failure_rate, slow_rate = 100.0 * failures / done, 100.0 * slows / done
         if failure_rate >= cfg.failure_rate_threshold or slow_rate >= cfg.slow_call_rate_threshold:
             self._transition(
-                HALF_OPEN, OPEN, reason=f"{failures} of {done} trial calls failed, {slows} slow"
+                HALF_OPEN,
+                generation,
+                OPEN,
+                reason=f"{failures} of {done} trial calls failed, {slows} slow",
             )
         else:
             self._transition(
-                HALF_OPEN, CLOSED, reason=f"{done - failures} of {done} trial calls succeeded"
+                HALF_OPEN,
+                generation,
+                CLOSED,
+                reason=f"{done - failures} of {done} trial calls succeeded",
             )
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -315,10 +339,14 @@ class CircuitBreaker:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            self.record(permit, self.classify(exc), self.clock.now() - start)
+            slot = self.record(permit, self.classify(exc), self.clock.now() - start)
+            if slot >= 0:
+                self.stats.add(slot)
             raise
         except BaseException:
             self.release(permit)
             raise
-        self.record(permit, SUCCESS, self.clock.now() - start)
+        slot = self.record(permit, SUCCESS, self.clock.now() - start)
+        if slot >= 0:
+            self.stats.add(slot)
         return result

@@ -2,6 +2,7 @@
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 
 from resilience import metrics
@@ -9,46 +10,81 @@ from resilience.exceptions import BulkheadFullError
 
 
 class Bulkhead:
+    """A counter of calls in flight under a lock, with a condition for callers that may wait.
+
+    The lock is the policy's ``Stats`` lock, so that a policy frees its slot and counts the
+    call's outcome in one critical section.
+    """
+
     def __init__(self, name: str, max_concurrent_calls: int, max_wait: float = 0.0) -> None:
         self.name = name
         self.max_concurrent_calls = max_concurrent_calls
         self.max_wait = max_wait
-        self._slots = threading.BoundedSemaphore(max_concurrent_calls)
-        self._lock = threading.Lock()
-        self._in_flight = 0
+        self.in_flight = 0
+        self.stats = metrics.stats_for(name)
+        self.stats.bulkhead = self
+        self.lock = self.stats.lock
+        self._freed = threading.Condition(self.lock)
+        self._waiting = 0
         metrics.bulkhead_max.labels(name).set(max_concurrent_calls)
-        self._available_gauge = metrics.bulkhead_available.labels(name)
-        self._available_gauge.set(max_concurrent_calls)
-        self._permitted = metrics.bulkhead_calls.labels(name, "permitted")
-        self._rejected = metrics.bulkhead_calls.labels(name, "rejected")
+        metrics.bulkhead_available.labels(name).set(max_concurrent_calls)
 
     @property
     def available(self) -> int:
-        return self.max_concurrent_calls - self._in_flight
+        return self.max_concurrent_calls - self.in_flight
+
+    def try_enter(self) -> bool:
+        """Take a slot if one is free, without waiting."""
+        with self.lock:
+            if self.in_flight < self.max_concurrent_calls:
+                self.in_flight += 1
+                return True
+        return False
+
+    def enter(self, wait: float) -> bool:
+        """Take a slot, waiting up to ``wait`` seconds (real time) for one to free up."""
+        if self.try_enter():
+            return True
+        if wait <= 0:
+            return False
+        end = time.monotonic() + wait
+        with self._freed:
+            self._waiting += 1
+            try:
+                while self.in_flight >= self.max_concurrent_calls:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._freed.wait(left)
+                self.in_flight += 1
+                return True
+            finally:
+                self._waiting -= 1
+
+    def left_locked(self) -> None:
+        """Free a slot; the caller holds ``lock``."""
+        self.in_flight -= 1
+        if self._waiting:
+            self._freed.notify()
+
+    def leave(self) -> None:
+        with self.lock:
+            self.left_locked()
 
     @contextlib.contextmanager
     def acquire(self, max_wait: float | None = None) -> Iterator[None]:
         """Hold one slot for the block; ``BulkheadFullError`` after ``max_wait`` if none frees up."""
-        max_wait = self.max_wait if max_wait is None else max_wait
-        if max_wait > 0:
-            got = self._slots.acquire(timeout=max_wait)
-        else:
-            got = self._slots.acquire(blocking=False)
-        if not got:
-            self._rejected.inc()
-            raise BulkheadFullError(
-                f"bulkhead {self.name!r} is full ({self.max_concurrent_calls} calls in flight)",
-                policy=self.name,
-            )
-        self._moved(+1)
-        self._permitted.inc()
+        if not self.enter(self.max_wait if max_wait is None else max_wait):
+            self.stats.add(metrics.BULKHEAD_REJECTED)
+            raise self.full()
+        self.stats.add(metrics.BULKHEAD_PERMITTED)
         try:
             yield
         finally:
-            self._moved(-1)
-            self._slots.release()
+            self.leave()
 
-    def _moved(self, delta: int) -> None:
-        with self._lock:
-            self._in_flight += delta
-            self._available_gauge.set(self.max_concurrent_calls - self._in_flight)
+    def full(self) -> BulkheadFullError:
+        return BulkheadFullError(
+            f"bulkhead {self.name!r} is full ({self.max_concurrent_calls} calls in flight)",
+            policy=self.name,
+        )

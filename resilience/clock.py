@@ -7,8 +7,7 @@ import time
 class Clock:
     """Monotonic time and a sleep that advances it."""
 
-    def now(self) -> float:
-        return time.monotonic()
+    now = staticmethod(time.monotonic)
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -42,16 +41,24 @@ class VirtualClock(Clock):
 
 
 class _ClockProxy(Clock):
-    """The process-wide clock; policies hold this proxy so that test mode reaches them all."""
+    """The process-wide clock; policies hold this proxy so that test mode reaches them all.
+
+    ``now`` and ``sleep`` are the target's own, bound when the target is set: with the real
+    clock, ``clock.now()`` is ``time.monotonic()`` itself, with no call in between.
+    """
 
     def __init__(self) -> None:
-        self.target: Clock = Clock()
+        self.target = Clock()
 
-    def now(self) -> float:
-        return self.target.now()
+    @property
+    def target(self) -> Clock:
+        return self._target
 
-    def sleep(self, seconds: float) -> None:
-        self.target.sleep(seconds)
+    @target.setter
+    def target(self, target: Clock) -> None:
+        self._target = target
+        self.now = target.now
+        self.sleep = target.sleep
 
 
 clock = _ClockProxy()

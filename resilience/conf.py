@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "BUDGET_RATIO": 0.2,
         "BUDGET_MIN_RETRIES_PER_SECOND": 1.0,
         "BUDGET_WINDOW": 10.0,
+        "RETRY_ON_EXCEPTIONS": [],
     },
     "CIRCUIT_BREAKER": {
         "FAILURE_RATE_THRESHOLD": 50,
@@ -68,6 +69,7 @@ class RetryConfig:
     budget_ratio: float
     budget_min_retries_per_second: float
     budget_window: float
+    retry_on_exceptions: tuple[type[BaseException], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,13 +187,17 @@ def _check_values(name: str, cfg: dict) -> list[Problem]:
     connect_ok = positive("TIMEOUT.CONNECT", timeout["CONNECT"])
     read_ok = positive("TIMEOUT.READ", timeout["READ"])
     deadline_ok = positive("DEADLINE", cfg["DEADLINE"])
-    if connect_ok and read_ok and deadline_ok:
+    wait_ok = positive("BULKHEAD.MAX_WAIT", bulkhead["MAX_WAIT"], allow_zero=True)
+    if connect_ok and read_ok and deadline_ok and wait_ok:
         attempt = timeout["CONNECT"] + timeout["READ"]
-        if attempt > cfg["DEADLINE"]:
+        if attempt + bulkhead["MAX_WAIT"] > cfg["DEADLINE"]:
+            wait = bulkhead["MAX_WAIT"]
+            spent = f"MAX_WAIT + CONNECT + READ = {wait + attempt:g} s" if wait else ""
             bad(
                 "TIMEOUT",
-                f"one attempt may take CONNECT + READ = {attempt:g} s, longer than the "
-                f"DEADLINE of {cfg['DEADLINE']:g} s for the whole call.",
+                f"one attempt may take {spent or f'CONNECT + READ = {attempt:g} s'}, longer "
+                f"than the DEADLINE of {cfg['DEADLINE']:g} s for the whole call (the wait for a "
+                "bulkhead slot counts inside the deadline).",
                 "resilience.E003",
             )
 
@@ -276,21 +282,20 @@ def _check_values(name: str, cfg: dict) -> list[Problem]:
             f"must be None or a redis:// URL, got {storage!r}.",
             "resilience.E006",
         )
-    ignore = breaker["IGNORE_EXCEPTIONS"]
-    if not isinstance(ignore, list | tuple):
-        bad(
-            "CIRCUIT_BREAKER.IGNORE_EXCEPTIONS",
-            "must be a list of exception classes or dotted paths.",
-        )
-    else:
-        for item in ignore:
+    for path, items in (
+        ("CIRCUIT_BREAKER.IGNORE_EXCEPTIONS", breaker["IGNORE_EXCEPTIONS"]),
+        ("RETRY.RETRY_ON_EXCEPTIONS", retry["RETRY_ON_EXCEPTIONS"]),
+    ):
+        if not isinstance(items, list | tuple):
+            bad(path, "must be a list of exception classes or dotted paths.")
+            continue
+        for item in items:
             try:
                 _exception_class(item)
             except (ImportError, TypeError, ValueError) as exc:
-                bad("CIRCUIT_BREAKER.IGNORE_EXCEPTIONS", f"cannot use {item!r}: {exc}")
+                bad(path, f"cannot use {item!r}: {exc}")
 
     positive("BULKHEAD.MAX_CONCURRENT_CALLS", bulkhead["MAX_CONCURRENT_CALLS"], integer=True)
-    positive("BULKHEAD.MAX_WAIT", bulkhead["MAX_WAIT"], allow_zero=True)
     return problems
 
 
@@ -301,6 +306,63 @@ def _exception_class(item) -> type[BaseException]:
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         raise TypeError(f"{item!r} is not an exception class.")
     return cls
+
+
+SERVICES_SETTING = "RESILIENCE_SERVICES"
+REDIS_SETTING = "RESILIENCE_REDIS"
+TRUST_HEADER_SETTING = "RESILIENCE_TRUST_DEADLINE_HEADER"
+REDIS_DEFAULTS = {"SOCKET_TIMEOUT": 0.05, "PROBE_INTERVAL": 0.2, "SYNC_INTERVAL": 0.5}
+
+
+def services() -> dict:
+    """``RESILIENCE_SERVICES``: service name -> base URL, for ``ServiceClient``."""
+    return getattr(settings, SERVICES_SETTING, None) or {}
+
+
+def trust_deadline_header() -> bool:
+    """Whether ``DeadlineMiddleware`` honours ``X-Deadline-Remaining-Ms`` from callers.
+
+    ``True`` (the default) for a service that only other services of the stack can reach;
+    ``False`` at the edge, where anyone can send the header.
+    """
+    return getattr(settings, TRUST_HEADER_SETTING, True)
+
+
+def redis_options() -> dict:
+    raw = getattr(settings, REDIS_SETTING, None) or {}
+    return {**REDIS_DEFAULTS, **raw} if isinstance(raw, dict) else raw
+
+
+def link_options():
+    """``RESILIENCE_REDIS`` as the ``LinkOptions`` of every shared breaker state."""
+    from resilience.storage import LinkOptions
+
+    options = redis_options()
+    return LinkOptions(
+        socket_timeout=float(options["SOCKET_TIMEOUT"]),
+        probe_interval=float(options["PROBE_INTERVAL"]),
+        sync_interval=float(options["SYNC_INTERVAL"]),
+    )
+
+
+def validate_redis() -> list[Problem]:
+    options = redis_options()
+    if not isinstance(options, dict):
+        return [Problem("", f"{REDIS_SETTING} must be a dict.", "resilience.E008")]
+    problems = []
+    for key, value in options.items():
+        if key not in REDIS_DEFAULTS:
+            problem = _unknown("", key, REDIS_DEFAULTS)
+            problems.append(Problem("", f"{REDIS_SETTING}: {problem.message}", "resilience.E008"))
+        elif not (_number(value) and value > 0):
+            problems.append(
+                Problem(
+                    "",
+                    f"{REDIS_SETTING}[{key!r}] must be a number of seconds > 0, got {value!r}.",
+                    "resilience.E008",
+                )
+            )
+    return problems
 
 
 def raw_policies() -> dict:
@@ -357,6 +419,7 @@ def build_config(name: str, raw: dict | None = None) -> PolicyConfig:
             budget_ratio=float(retry["BUDGET_RATIO"]),
             budget_min_retries_per_second=float(retry["BUDGET_MIN_RETRIES_PER_SECOND"]),
             budget_window=float(retry["BUDGET_WINDOW"]),
+            retry_on_exceptions=tuple(_exception_class(i) for i in retry["RETRY_ON_EXCEPTIONS"]),
         ),
         circuit_breaker=BreakerConfig(
             failure_rate_threshold=float(breaker["FAILURE_RATE_THRESHOLD"]),

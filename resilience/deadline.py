@@ -9,7 +9,6 @@ what remains and sends the rest on to the next service in ``HEADER``.
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from resilience.clock import Clock
 from resilience.clock import clock as default_clock
@@ -23,10 +22,17 @@ _current: contextvars.ContextVar["Deadline | None"] = contextvars.ContextVar(
 )
 
 
-@dataclass(frozen=True)
 class Deadline:
-    expires_at: float
-    clock: Clock = default_clock
+    """A point in time on ``clock`` by which the work in its scope must be done."""
+
+    __slots__ = ("clock", "expires_at")
+
+    def __init__(self, expires_at: float, clock: Clock = default_clock) -> None:
+        self.expires_at = expires_at
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"<Deadline in {self.remaining():.3f} s>"
 
     def remaining(self) -> float:
         return self.expires_at - self.clock.now()

@@ -46,7 +46,13 @@ class PolicyHandler:
                 f"No resilience policy named {name!r} in RESILIENCE_POLICIES (configured: {known})."
             )
         namespace = getattr(settings, "RESILIENCE_NAMESPACE", "resilience")
-        return Policy(conf.build_config(name), clock=clock, namespace=namespace)
+        # Never touches the network: a shared breaker state syncs with Redis in the background.
+        return Policy(
+            conf.build_config(name),
+            clock=clock,
+            namespace=namespace,
+            storage_options=conf.link_options(),
+        )
 
     def all(self, initialized_only: bool = False) -> list[Policy]:
         if initialized_only:
@@ -56,4 +62,6 @@ class PolicyHandler:
     def reset(self) -> None:
         """Forget every built policy; the next lookup builds it again from settings."""
         with self._lock:
-            self._policies = {}
+            built, self._policies = self._policies, {}
+        for policy in built.values():
+            policy.close()

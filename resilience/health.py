@@ -4,17 +4,20 @@ from resilience import policies
 
 
 def breaker_states(names=None) -> dict[str, dict]:
-    """The breakers of ``names`` (default: every configured policy): state, mode, enabled."""
+    """The breakers of ``names`` (default: every configured policy), as this process sees them."""
     report = {}
     chosen = policies.all() if names is None else [policies[name] for name in names]
     for policy in chosen:
         breaker = policy.breaker
-        state, mode, _ = breaker.storage.snapshot()
-        report[policy.name] = {
+        state, mode, _ = breaker.state.view
+        entry = {
             "state": state,
             "mode": mode,
             "enabled": policy.enabled,
             "bulkhead_available": policy.bulkhead.available,
-            "storage": "redis" if policy.config.circuit_breaker.storage else "memory",
+            "storage": breaker.state.describe(),
         }
+        if breaker.state.shared:
+            entry["storage_reachable"] = breaker.state.link.up
+        report[policy.name] = entry
     return report

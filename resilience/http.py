@@ -19,13 +19,14 @@ from typing import Any
 
 import requests
 import urllib3
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from resilience import conf, policies
 from resilience import deadline as deadlines
-from resilience import policies
+from resilience.conf import BASELINE_TIMEOUT
 from resilience.exceptions import (
     BusinessError,
+    DeadlineExceededError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamStatusError,
@@ -39,6 +40,8 @@ from resilience.watchdog import watchdog
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CHUNK = 64 * 1024
+# A deadline that leaves an attempt its own timeout less this much has not cut it short.
+CUT_SHORT_TOLERANCE = 0.01
 
 _local = threading.local()
 
@@ -70,12 +73,11 @@ class ServiceClient:
 
     @property
     def base_url(self) -> str:
-        services = getattr(settings, "SERVICES", {})
         try:
-            return services[self.service].rstrip("/")
+            return conf.services()[self.service].rstrip("/")
         except KeyError:
             raise ImproperlyConfigured(
-                f"No base URL for service {self.service!r}: add it to settings.SERVICES."
+                f"No base URL for service {self.service!r}: add it to {conf.SERVICES_SETTING}."
             ) from None
 
     @property
@@ -102,14 +104,10 @@ class ServiceClient:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
         policy = self.policy
         try:
-            return policy.call(
+            return policy.run(
                 self._attempt,
-                policy,
-                method,
-                self.url(path),
-                headers,
-                params,
-                json,
+                (policy, method, self.url(path), headers, params, json),
+                {},
                 fallback=fallback,
                 idempotent=method in IDEMPOTENT_METHODS or idempotency_key is not None,
             )
@@ -133,15 +131,29 @@ class ServiceClient:
         return self.request("DELETE", path, **kwargs)
 
     def _attempt(self, policy: Policy, method: str, url: str, headers: dict, params, json):
-        connect, read = policy.attempt_timeout()  # DeadlineExceededError if nothing is left
-        until = policy.clock.now() + (read if not policy.enabled else connect + read)
+        clock = policy.clock
+        now = clock.now()
+        cut_short = False  # by the deadline in force, before the attempt's own timeout
         if policy.enabled:
+            connect, read = policy.config.timeout.connect, policy.config.timeout.read
+            until = now + connect + read
             current = deadlines.current()
-            if current is not None:
-                until = min(until, current.expires_at)
+            if current is not None and current.expires_at < until:
+                # Short by more than a few ms: the deadline, not the attempt's own timeout,
+                # is what may end this attempt.
+                cut_short = current.expires_at < until - CUT_SHORT_TOLERANCE
+                until = current.expires_at
+                left = until - now
+                if left < 0.001:  # nothing worth sending the callee
+                    raise DeadlineExceededError(
+                        f"{method} {url}: no time left of the deadline", policy=policy.name
+                    )
+                connect, read = min(connect, left), min(read, left)
             # The callee's budget is this attempt's: after it, nobody waits for the answer.
-            attempt = deadlines.Deadline(until, policy.clock)
-            headers = {**headers, deadlines.HEADER: attempt.header_value()}
+            headers = {**headers, deadlines.HEADER: str(int((until - now) * 1000))}
+        else:
+            connect = read = BASELINE_TIMEOUT
+            until = now + read
         try:
             response = _session().request(
                 method,
@@ -154,7 +166,15 @@ class ServiceClient:
                 allow_redirects=False,
             )
             _read_body(response, until, policy)
-        except requests.Timeout as exc:
+        except (requests.Timeout, UpstreamTimeoutError) as exc:
+            if cut_short:
+                # The caller's deadline ended this attempt, not the dependency's slowness: the
+                # breaker ignores it (an outside caller with a 1 ms deadline opens nothing).
+                raise DeadlineExceededError(
+                    f"{method} {url}: attempt cut short by the deadline", policy=policy.name
+                ) from exc
+            if isinstance(exc, UpstreamTimeoutError):
+                raise
             raise UpstreamTimeoutError(f"{method} {url}: {exc}", policy=policy.name) from exc
         except requests.ConnectionError as exc:
             raise UpstreamConnectionError(f"{method} {url}: {exc}", policy=policy.name) from exc

@@ -1,19 +1,44 @@
 """Prometheus metrics of every policy, named after Resilience4j's Micrometer metrics.
 
-Under gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` before the process
-starts: counters and histograms are then summed across workers by ``resilience.views.metrics``,
-and each gauge declares how its per-worker values combine.
+Calls never touch prometheus_client. Each policy counts in plain numbers of its own process
+(``Stats``), under one lock per call, and a thread adds them to the Prometheus metrics every
+``FLUSH_INTERVAL`` seconds (and at exit). prometheus_client takes a lock per update and, under
+gunicorn with ``PROMETHEUS_MULTIPROC_DIR``, writes each one to a memory-mapped file: eight of
+those per call cost more than the whole policy does now (docs/benchmarks.md).
+
+What that means for a scrape: ``/metrics`` flushes the process that answers it first, so its
+own counts are exact; the counts of the other worker processes may lag by up to
+``FLUSH_INTERVAL``. A SIGKILLed process loses at most its last ``FLUSH_INTERVAL`` of counts.
+Gauges of instantaneous values (free bulkhead slots, failure rates) are sampled at each flush.
 """
+
+import atexit
+import bisect
+import math
+import os
+import threading
+import time
+from collections import Counter as Tally
 
 from prometheus_client import Counter, Gauge, Histogram
 
+FLUSH_INTERVAL = 1.0
 STATES = ("closed", "open", "half-open")
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 6.0, 10.0, 30.0)
 
 breaker_state = Gauge(
     "resilience_circuitbreaker_state",
-    "1 for the state this process last saw the circuit breaker in, 0 for the others.",
+    "1 for the circuit breaker's state, 0 for the others: with Redis storage the shared state, "
+    "with memory storage the state of the worker process that changed most recently.",
     ["name", "state"],
-    multiprocess_mode="livemax",
+    multiprocess_mode="livemostrecent",
+)
+breaker_process_state = Gauge(
+    "resilience_circuitbreaker_process_state",
+    "1 for the state this process sees the circuit breaker in, 0 for the others; one series per "
+    "worker process (label pid) under gunicorn.",
+    ["name", "state"],
+    multiprocess_mode="liveall",
 )
 breaker_calls = Counter(
     "resilience_circuitbreaker_calls",
@@ -73,7 +98,8 @@ bulkhead_calls = Counter(
 )
 timeouts = Counter(
     "resilience_timeout_calls",
-    "Timeouts by kind: attempt (one attempt ran out of time), deadline (the whole call did).",
+    "Timeouts by kind: attempt (one attempt ran out of its own time), deadline (the call's "
+    "deadline ran out, or cut an attempt short).",
     ["name", "kind"],
 )
 fallback_calls = Counter(
@@ -85,13 +111,189 @@ call_duration = Histogram(
     "resilience_call_duration_seconds",
     "Duration of whole policy calls (bulkhead to fallback), by outcome.",
     ["name", "outcome"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 6.0, 10.0, 30.0),
+    buckets=DURATION_BUCKETS,
 )
+storage_available = Gauge(
+    "resilience_storage_available",
+    "1 while the Redis that holds shared breaker state answers this process, else 0.",
+    ["storage"],
+    multiprocess_mode="livemin",
+)
+storage_events = Counter(
+    "resilience_storage_events",
+    "Events of the link to the Redis that holds shared breaker state: unreachable, reachable, "
+    "reseeded (Redis had lost the state and was given this process's).",
+    ["storage", "event"],
+)
+
+# -- per-process counts ------------------------------------------------------------------------------
+
+# Slots of Stats.counts, and the Prometheus counter and labels each one is added to.
+(
+    BULKHEAD_PERMITTED,
+    BULKHEAD_REJECTED,
+    CALLS_SUCCESSFUL,
+    CALLS_FAILED,
+    CALLS_SLOW_SUCCESSFUL,
+    CALLS_SLOW_FAILED,
+    CALLS_IGNORED,
+    CALLS_NOT_PERMITTED,
+    RETRY_SUCCESSFUL_WITHOUT,
+    RETRY_SUCCESSFUL_WITH,
+    RETRY_FAILED_WITHOUT,
+    RETRY_FAILED_WITH,
+    RETRY_ATTEMPTS,
+    RETRY_BUDGET_EXHAUSTED,
+    TIMEOUT_ATTEMPT,
+    TIMEOUT_DEADLINE,
+) = range(16)
+_SLOTS = (
+    (bulkhead_calls, ("permitted",)),
+    (bulkhead_calls, ("rejected",)),
+    (breaker_calls, ("successful",)),
+    (breaker_calls, ("failed",)),
+    (breaker_calls, ("slow_successful",)),
+    (breaker_calls, ("slow_failed",)),
+    (breaker_calls, ("ignored",)),
+    (breaker_calls, ("not_permitted",)),
+    (retry_calls, ("successful_without_retry",)),
+    (retry_calls, ("successful_with_retry",)),
+    (retry_calls, ("failed_without_retry",)),
+    (retry_calls, ("failed_with_retry",)),
+    (retry_attempts, ()),
+    (retry_budget_exhausted, ()),
+    (timeouts, ("attempt",)),
+    (timeouts, ("deadline",)),
+)
+# Indexes of Stats.durations, by the outcome label of call_duration.
+OUTCOMES = ("success", "failure", "fallback", "ignored")
+SUCCESS, FAILURE, FALLBACK, IGNORED = range(4)
+_BOUNDS = (*DURATION_BUCKETS, math.inf)
+
+
+class Stats:
+    """The counts of one policy (or breaker) name in this process since the last flush.
+
+    Writers hold ``lock`` while they add, so that a flush never loses a count; ``bucket()``
+    gives the histogram slot of a duration. ``bulkhead`` and ``breaker`` are sampled at
+    each flush for their gauges.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.counts = [0] * len(_SLOTS)
+        self.durations = [[0] * len(_BOUNDS) for _ in OUTCOMES]
+        self.duration_sums = [0.0] * len(OUTCOMES)
+        self.fallbacks: Tally = Tally()
+        self.bulkhead = None  # has .max_concurrent_calls and .in_flight
+        self.breaker = None  # has .gauge_values() -> (failure rate, slow-call rate)
+
+    bucket = staticmethod(lambda seconds: bisect.bisect_left(_BOUNDS, seconds))
+
+    def observe(self, outcome: int, seconds: float) -> None:
+        """Count a whole call's duration (callers on the hot path inline this under ``lock``)."""
+        with self.lock:
+            self.durations[outcome][bisect.bisect_left(_BOUNDS, seconds)] += 1
+            self.duration_sums[outcome] += seconds
+
+    def add(self, slot: int, n: int = 1) -> None:
+        with self.lock:
+            self.counts[slot] += n
+
+    def take(self):
+        """Everything counted since the last take, and zero again."""
+        with self.lock:
+            counts, self.counts = self.counts, [0] * len(_SLOTS)
+            durations, self.durations = self.durations, [[0] * len(_BOUNDS) for _ in OUTCOMES]
+            sums, self.duration_sums = self.duration_sums, [0.0] * len(OUTCOMES)
+            fallbacks, self.fallbacks = self.fallbacks, Tally()
+        return counts, durations, sums, fallbacks
+
+    def flush(self) -> None:
+        counts, durations, sums, fallbacks = self.take()
+        name = self.name
+        for slot, n in enumerate(counts):
+            if n:
+                metric, labels = _SLOTS[slot]
+                metric.labels(name, *labels).inc(n)
+        for outcome, buckets in enumerate(durations):
+            if any(buckets):
+                # prometheus_client has no public way to add n observations at once; its
+                # buckets and sum are what observe() adds to (pinned by a test).
+                child = call_duration.labels(name, OUTCOMES[outcome])
+                child._sum.inc(sums[outcome])
+                for i, n in enumerate(buckets):
+                    if n:
+                        child._buckets[i].inc(n)
+        for reason, n in fallbacks.items():
+            fallback_calls.labels(name, reason).inc(n)
+        if self.bulkhead is not None:
+            bulkhead = self.bulkhead
+            bulkhead_available.labels(name).set(bulkhead.max_concurrent_calls - bulkhead.in_flight)
+        if self.breaker is not None:
+            failure_rate, slow_rate = self.breaker.gauge_values()
+            breaker_failure_rate.labels(name).set(failure_rate)
+            breaker_slow_call_rate.labels(name).set(slow_rate)
+
+
+_stats: dict[str, Stats] = {}
+_stats_lock = threading.Lock()
+_flusher_pid: int | None = None
+
+
+def stats_for(name: str) -> Stats:
+    """The counts of ``name`` in this process; the same object for every policy of that name."""
+    stats = _stats.get(name)
+    if stats is None:
+        with _stats_lock:
+            stats = _stats.get(name)
+            if stats is None:
+                stats = _stats[name] = Stats(name)
+            _ensure_flusher()
+    return stats
+
+
+def flush() -> None:
+    """Add every count of this process to the Prometheus metrics now."""
+    for stats in list(_stats.values()):
+        stats.flush()
+
+
+def forget() -> None:
+    """Drop every count not yet flushed (tests)."""
+    for stats in list(_stats.values()):
+        stats.take()
+
+
+def _ensure_flusher() -> None:
+    global _flusher_pid
+    if _flusher_pid == os.getpid():
+        return
+    _flusher_pid = os.getpid()  # first use, or a child process after fork: a fresh thread
+    threading.Thread(target=_flush_forever, name="resilience-metrics", daemon=True).start()
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(FLUSH_INTERVAL)
+        try:
+            flush()
+        except Exception:  # pragma: no cover - a broken metrics file must not stop the thread
+            import logging
+
+            logging.getLogger("resilience.metrics").exception("flushing resilience metrics")
+
+
+atexit.register(flush)
 
 
 def set_state(name: str, state: str) -> None:
+    """The breaker's state, for both state gauges (called on changes only, not per call)."""
     for each in STATES:
-        breaker_state.labels(name, each).set(1 if each == state else 0)
+        value = 1 if each == state else 0
+        breaker_state.labels(name, each).set(value)
+        breaker_process_state.labels(name, each).set(value)
 
 
 def reason(exc: BaseException) -> str:

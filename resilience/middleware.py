@@ -1,7 +1,14 @@
-"""Honour the caller's deadline: drop work that can no longer be useful, bound the rest."""
+"""Honour the caller's deadline: drop work that can no longer be useful, bound the rest.
+
+The header is a promise between services of one stack. A service that anyone can reach (the
+edge) sets ``RESILIENCE_TRUST_DEADLINE_HEADER = False`` and ignores it: an outside client
+could otherwise send a deadline of 1 ms and make every call behind it fail. Inside the stack,
+a malformed, negative or huge value is refused here and never reaches a policy.
+"""
 
 from django.http import JsonResponse
 
+from resilience import conf
 from resilience import deadline as deadlines
 from resilience.clock import clock
 
@@ -17,18 +24,18 @@ class DeadlineMiddleware:
 
     def __call__(self, request):
         raw = request.META.get(deadlines.META_KEY)
-        if raw is None:
+        if raw is None or not conf.trust_deadline_header():
             return self.get_response(request)
-        try:
-            remaining_ms = int(raw.strip())
-        except ValueError:
-            remaining_ms = None
+        value = raw.strip()
+        digits = value[1:] if value.startswith("-") else value
+        valid = digits.isascii() and digits.isdecimal() and len(digits) <= 12
+        remaining_ms = int(value) if valid else None
         if remaining_ms is None or remaining_ms > MAX_DEADLINE_MS:
             return JsonResponse(
                 {
                     "code": "invalid_deadline",
                     "message": f"{deadlines.HEADER} must be a whole number of milliseconds up to "
-                    f"{MAX_DEADLINE_MS}, got {raw!r}.",
+                    f"{MAX_DEADLINE_MS}, got {raw[:40]!r}.",
                 },
                 status=400,
             )

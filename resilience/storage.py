@@ -1,329 +1,642 @@
-"""Where a circuit breaker keeps the state that must be the same for everyone who calls through it.
+"""Where a circuit breaker keeps its state: in this process, and optionally shared through Redis.
 
-Both storages extend pybreaker's (``CircuitMemoryStorage``, ``CircuitRedisStorage``) with the
-few atomic operations a correct breaker needs and pybreaker lacks: a compare-and-set state
-transition, a bounded count of half-open trial permits, and the tally of trial outcomes.
+Every breaker keeps its state in this process (``LocalState``). A call through a closed
+breaker reads ``view``, one tuple, and nothing else: no lock, no I/O.
 
-The sliding window of the closed state is not stored here: it stays in each process, so a
-call through a closed breaker costs one read of shared state and no write.
+With ``STORAGE: "redis://..."`` the state is also shared by every process that names the same
+Redis and breaker (``SharedState``). Redis is the breakers' shared memory, never their hot
+path and never a single point of failure:
+
+- **Transitions, modes and half-open trial permits** are changed in Redis by small Lua
+  scripts, so two processes never make the same transition or take the same trial permit.
+  Each change is published; every process applies it at once (pub/sub) or at the next poll
+  (``SYNC_INTERVAL``), whichever comes first. **Outcomes** of closed-state calls stay in each
+  process's sliding window.
+- **Epochs.** Every shared change bumps an epoch, and each process remembers the last epoch it
+  applied. A Redis whose epoch is missing or behind a process (restarted empty, flushed,
+  evicted, failed over to a stale replica) is *re-seeded* from that process's state, never
+  obeyed. Permits carry this process's own *generation* (bumped on every change of its view),
+  so a late outcome can never land in a later state period, whatever Redis forgot.
+- **A breaker around Redis itself** (``RedisLink``): short socket timeouts and no client-side
+  retries. The first Redis command that fails marks the link down; until the link's own
+  thread reaches Redis again (every ``PROBE_INTERVAL``) no call waits on Redis at all, and
+  every breaker runs on its local state. Changes made meanwhile are pushed back, and the
+  shared state re-read, before the link is marked up again.
 """
 
 import logging
+import os
 import threading
 import time
-from functools import cache
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlparse
 
-import pybreaker
 from redis import Redis, RedisError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from resilience import metrics
 from resilience.clock import Clock
 
 logger = logging.getLogger("resilience.storage")
 
-CLOSED = pybreaker.STATE_CLOSED
-OPEN = pybreaker.STATE_OPEN
-HALF_OPEN = pybreaker.STATE_HALF_OPEN
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half-open"
+STATES = (CLOSED, OPEN, HALF_OPEN)
 
 NORMAL = "normal"
 FORCED_OPEN = "forced-open"
 DISABLED = "disabled"
 MODES = (NORMAL, FORCED_OPEN, DISABLED)
 
+# Decoded strings from Redis mapped back to the constants above.
+_CANONICAL = {name: name for name in (*STATES, *MODES)}
 
-class MemoryStorage(pybreaker.CircuitMemoryStorage):
-    """State of one process. The open-state wait is timed with the injected clock.
+# ``on_change(old_state, new_state)``: the view of this process moved to another state.
+OnChange = Callable[[str, str], None]
 
-    Every transition bumps an epoch. Permits carry the epoch they were given in, and a trial
-    outcome or release from another epoch is dropped, so a late call from an earlier state
-    period can never be counted in the current one.
+
+class LocalState:
+    """The state of one breaker in this process.
+
+    ``view`` is ``(state, mode, generation)``, replaced as a whole, so that a reader always
+    sees the three together. The generation grows by one at every change of the view; permits
+    carry it, and an outcome or a trial release from another generation is dropped.
     """
 
-    def __init__(self, clock: Clock) -> None:
-        super().__init__(CLOSED)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._mode = NORMAL
-        self._epoch = 0
-        self._since = clock.now()
-        self._trials_started = 0
-        self._trials = [0, 0, 0]  # done, failed, slow
+    shared = False
 
-    def snapshot(self) -> tuple[str, str, int]:
-        """(state, mode, epoch), read together."""
-        return self.state, self._mode, self._epoch
+    def __init__(self, clock: Clock, on_change: OnChange | None = None) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.view: tuple[str, str, int] = (CLOSED, NORMAL, 1)
+        self.since = clock.now()  # when the current state was entered (self.clock)
+        self._trials = [
+            0,
+            0,
+            0,
+            0,
+        ]  # started, done, failed, slow: this generation's half-open round
+        self.on_change = on_change or (lambda old, new: None)
 
-    def set_mode(self, mode: str) -> None:
-        self._mode = mode
+    def describe(self) -> str:
+        return "memory"
 
-    def transition(self, expected: str | None, new: str, *, wait: float = 0.0) -> int:
-        """Move from ``expected`` (any other state if ``None``) to ``new``: the new epoch, or 0.
+    # -- under self.lock --------------------------------------------------------------------------
 
-        Entering half-open (from open, or restarting a half-open round whose trials never
-        reported back) succeeds only once ``wait`` seconds have passed in the current state.
+    def _enter(self, state: str, mode: str, since: float) -> tuple[int, str | None]:
+        """Replace the view: (new generation, the old state if the state changed else None)."""
+        old_state, _, generation = self.view
+        generation += 1
+        self.view = (state, mode, generation)
+        self.since = since
+        self._trials = [0, 0, 0, 0]
+        return generation, (old_state if old_state != state else None)
+
+    def _local_transition(
+        self, expected: str | None, generation: int | None, new: str, mode: str, wait: float
+    ) -> tuple[int, str | None]:
+        state, current_mode, current_generation = self.view
+        now = self.clock.now()
+        if expected is None:  # an operator's command: applies whatever the state is
+            if (state, current_mode) == (new, mode):
+                return 0, None
+        else:
+            if current_generation != generation or state != expected or current_mode != NORMAL:
+                return 0, None
+            if new == HALF_OPEN and now - self.since < wait:
+                return 0, None
+        return self._enter(new, mode, now)
+
+    # -- the breaker's operations -----------------------------------------------------------------
+
+    def _changed(self, old_state: str | None) -> None:
+        if old_state is not None:
+            self.on_change(old_state, self.view[0])
+
+    def transition(
+        self,
+        expected: str | None,
+        generation: int | None,
+        new: str,
+        *,
+        mode: str = NORMAL,
+        wait: float = 0.0,
+    ) -> int:
+        """Move to ``new``: the new generation, or 0 if the transition did not happen.
+
+        ``expected`` and ``generation`` name the view it must start from (a compare-and-set);
+        ``expected=None`` is an operator's command, applied from any state. Entering half-open
+        needs ``wait`` seconds in the current state.
         """
-        with self._lock:
-            current = self.state
-            if (expected is not None and current != expected) or (
-                expected is None and current == new
-            ):
-                return 0
-            now = self._clock.now()
-            if new == HALF_OPEN:
-                if now - self._since < wait:
-                    return 0
-                self._trials_started, self._trials = 0, [0, 0, 0]
-            self._since = now
-            self._epoch += 1
-            self.state = new
-            return self._epoch
+        with self.lock:
+            moved, old_state = self._local_transition(expected, generation, new, mode, wait)
+        self._changed(old_state)
+        return moved
 
-    def acquire_trial(self, permitted: int, epoch: int) -> bool:
-        with self._lock:
-            if self.state != HALF_OPEN or epoch != self._epoch or self._trials_started >= permitted:
-                return False
-            self._trials_started += 1
-            return True
-
-    def release_trial(self, epoch: int) -> None:
-        with self._lock:
-            if epoch == self._epoch:
-                self._trials_started = max(0, self._trials_started - 1)
-
-    def record_trial(self, failed: bool, slow: bool, epoch: int) -> tuple[int, int, int] | None:
-        """Count one finished trial; the tally so far, or ``None`` if its half-open round is over."""
-        with self._lock:
-            if self.state != HALF_OPEN or epoch != self._epoch:
+    def acquire_trial(self, generation: int, permitted: int) -> int | None:
+        """A half-open trial permit: the epoch to hand back with it (0 here), or ``None``."""
+        with self.lock:
+            if self.view[2] != generation or self.view[0] != HALF_OPEN:
+                return None
+            if self._trials[0] >= permitted:
                 return None
             self._trials[0] += 1
-            self._trials[1] += int(failed)
-            self._trials[2] += int(slow)
-            return tuple(self._trials)
+            return 0
 
-    def clear(self) -> None:
-        with self._lock:
-            self.state = CLOSED
-            self._mode = NORMAL
-            self._epoch += 1
-            self._since = self._clock.now()
-            self._trials_started, self._trials = 0, [0, 0, 0]
+    def release_trial(self, generation: int, epoch: int) -> None:
+        with self.lock:
+            if self.view[2] == generation and self._trials[0] > 0:
+                self._trials[0] -= 1
+
+    def record_trial(
+        self, generation: int, epoch: int, failed: bool, slow: bool
+    ) -> tuple[int, int, int] | None:
+        """Count one finished trial: (done, failed, slow) so far, or ``None`` if its round is over."""
+        with self.lock:
+            if self.view[2] != generation or self.view[0] != HALF_OPEN:
+                return None
+            trials = self._trials
+            trials[1] += 1
+            trials[2] += failed
+            trials[3] += slow
+            return trials[1], trials[2], trials[3]
+
+    def sync(self) -> None:
+        """Bring this process's view up to date with the shared state (nothing to do here)."""
+
+    def close(self) -> None:
+        """Stop sharing (nothing to do here)."""
 
 
-_TRANSITION = """
-local current = redis.call('GET', KEYS[1]) or 'closed'
-if ARGV[1] ~= '' and current ~= ARGV[1] then return 0 end
-if ARGV[1] == '' and current == ARGV[2] then return 0 end
+# -- shared state ----------------------------------------------------------------------------------
+
+# Every script starts here. KEYS[1] is the breaker's hash; ARGV[1] the channel its changes are
+# published on; ARGV[2..5] the caller's view: the last epoch it applied, its state, its mode,
+# and how long ago (ms) it entered that state. A Redis that lost what the caller knows (no
+# epoch, or an older one) is re-seeded from the caller's view before anything else happens.
+_PRELUDE = """
+local key, channel = KEYS[1], ARGV[1]
+local caller_epoch = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if ARGV[2] == 'half-open' then
-  if now - tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[3]) then return 0 end
-  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+local h = redis.call('HMGET', key, 'state', 'mode', 'epoch', 'since')
+local state, mode, epoch, since = h[1], h[2], tonumber(h[3]), tonumber(h[4])
+local reseeded = 0
+local function save(s, m, e, at)
+  redis.call('HSET', key, 'state', s, 'mode', m, 'epoch', e, 'since', at,
+             'started', 0, 'done', 0, 'failed', 0, 'slow', 0)
+  state, mode, epoch, since = s, m, e, at
+  redis.call('PUBLISH', channel, s .. '|' .. m .. '|' .. e .. '|' .. (now - at))
 end
-redis.call('SET', KEYS[2], now)
-redis.call('SET', KEYS[1], ARGV[2])
-return redis.call('INCR', KEYS[7])
+if epoch == nil or epoch < caller_epoch then
+  -- A breaker seen for the first time is created; one a process knows more of was lost.
+  if epoch ~= nil or caller_epoch > 0 then reseeded = 1 end
+  save(ARGV[3], ARGV[4], caller_epoch, now - tonumber(ARGV[5]))
+end
+local function reply(result, ...)
+  return {result, state, mode, epoch, now - since, reseeded, ...}
+end
 """
 
+# ARGV[6]: '1' if the caller changed its view while Redis was unreachable: then its view wins
+# over the epoch it last applied (and only that one).
+_SYNC = """
+if ARGV[6] == '1' and epoch == caller_epoch then
+  save(ARGV[3], ARGV[4], caller_epoch + 1, now - tonumber(ARGV[5]))
+  return reply(1)
+end
+return reply(0)
+"""
+
+# ARGV[6]: the expected state ('' for an operator's command), ARGV[7] the new state,
+# ARGV[8] the new mode, ARGV[9] the wait before half-open (ms).
+_TRANSITION = """
+if ARGV[6] == '' then
+  if state == ARGV[7] and mode == ARGV[8] then return reply(0) end
+else
+  if epoch ~= caller_epoch or state ~= ARGV[6] or mode ~= 'normal' then return reply(0) end
+  if ARGV[7] == 'half-open' and now - since < tonumber(ARGV[9]) then return reply(0) end
+end
+save(ARGV[7], ARGV[8], epoch + 1, now)
+return reply(1)
+"""
+
+# ARGV[6]: the permits of a round.
 _ACQUIRE_TRIAL = """
-if (redis.call('GET', KEYS[1]) or 'closed') ~= 'half-open' then return 0 end
-if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[2] then return 0 end
-if redis.call('INCR', KEYS[2]) > tonumber(ARGV[1]) then
-  redis.call('DECR', KEYS[2])
-  return 0
+if epoch ~= caller_epoch or state ~= 'half-open' or mode ~= 'normal' then return reply(0) end
+if redis.call('HINCRBY', key, 'started', 1) > tonumber(ARGV[6]) then
+  redis.call('HINCRBY', key, 'started', -1)
+  return reply(0)
 end
-return 1
+return reply(1)
 """
 
+# ARGV[6]: the epoch the permit was given in.
 _RELEASE_TRIAL = """
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
-if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
-return 1
+if epoch == tonumber(ARGV[6]) and tonumber(redis.call('HGET', key, 'started') or '0') > 0 then
+  redis.call('HINCRBY', key, 'started', -1)
+end
+return reply(1)
 """
 
+# ARGV[6]: the permit's epoch; ARGV[7], ARGV[8]: 1 if the trial failed, was slow.
 _RECORD_TRIAL = """
-if (redis.call('GET', KEYS[1]) or 'closed') ~= 'half-open' then return {-1, 0, 0} end
-if (redis.call('GET', KEYS[5]) or '0') ~= ARGV[3] then return {-1, 0, 0} end
-local done = redis.call('INCR', KEYS[2])
-local failed = redis.call('INCRBY', KEYS[3], ARGV[1])
-local slow = redis.call('INCRBY', KEYS[4], ARGV[2])
-return {done, failed, slow}
+if epoch ~= tonumber(ARGV[6]) or state ~= 'half-open' then return reply(-1) end
+local done = redis.call('HINCRBY', key, 'done', 1)
+local failed = redis.call('HINCRBY', key, 'failed', ARGV[7])
+local slow = redis.call('HINCRBY', key, 'slow', ARGV[8])
+return reply(done, failed, slow)
 """
 
-_CLEAR = """
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
-redis.call('SET', KEYS[1], 'closed')
-return redis.call('INCR', KEYS[8])
-"""
+SCRIPTS = {
+    "sync": _SYNC,
+    "transition": _TRANSITION,
+    "acquire_trial": _ACQUIRE_TRIAL,
+    "release_trial": _RELEASE_TRIAL,
+    "record_trial": _RECORD_TRIAL,
+}
 
 
-@cache
-def redis_client(url: str) -> Redis:
-    """One connection pool per URL and process; short timeouts so a slow Redis cannot stall calls."""
-    return Redis.from_url(url, socket_connect_timeout=0.25, socket_timeout=0.25)
+@dataclass(frozen=True, kw_only=True)
+class LinkOptions:
+    """How a process talks to the Redis that holds breaker state (``RESILIENCE_REDIS``)."""
+
+    socket_timeout: float = 0.05  # the longest any call waits on Redis, once
+    probe_interval: float = 0.2  # while Redis is unreachable, how often the link tries again
+    sync_interval: float = 0.5  # how often every shared state is re-read (pub/sub's backup)
 
 
-class RedisStorage(pybreaker.CircuitRedisStorage):
-    """State shared by every process that names the same Redis and policy.
+def describe_url(url: str) -> str:
+    """``host:port/db`` of a Redis URL: a label without the password."""
+    parsed = urlparse(url)
+    if parsed.scheme == "unix":
+        return parsed.path
+    db = parsed.path.lstrip("/") or "0"
+    return f"{parsed.hostname}:{parsed.port or 6379}/{db}"
 
-    The open-state wait is timed by the Redis server's clock, so processes on different hosts
-    agree on it. While Redis cannot be reached, the breaker falls back to this process's own
-    memory storage, so it keeps protecting the caller, and logs the outage.
+
+class RedisLink:
+    """This process's link to one Redis for breaker state: a circuit breaker around Redis itself.
+
+    ``up`` is read by every shared operation before it touches Redis. While it is ``False``,
+    breakers run on their local state and nothing waits on Redis. One thread per link keeps
+    every registered state in step with Redis (pub/sub plus a poll) and, while Redis is
+    unreachable, probes it; only that thread marks the link up again, after pushing the
+    changes made meanwhile.
     """
 
-    def __init__(self, url: str, namespace: str, clock: Clock) -> None:
-        self._local = MemoryStorage(clock)
-        self._down_since: float | None = None
-        client = redis_client(url)
-        try:
-            super().__init__(CLOSED, client, namespace=namespace)
-        except RedisError:
-            # pybreaker initialises keys eagerly; without Redis, start on the local state.
-            pybreaker.CircuitBreakerStorage.__init__(self, "redis")
-            self._redis = client
-            self._namespace_name = namespace
-            self._fallback_circuit_state = CLOSED
-            self._cluster_mode = False
-            self._unavailable("initialise")
-        names = (
-            "state",
-            "since_ms",
-            "trials_started",
-            "trials_done",
-            "trials_failed",
-            "trials_slow",
-            "epoch",
-            "mode",
+    def __init__(self, url: str, options: LinkOptions) -> None:
+        self.url = url
+        self.label = describe_url(url)
+        self.options = options
+        self.client = Redis.from_url(
+            url,
+            socket_connect_timeout=options.socket_timeout,
+            socket_timeout=options.socket_timeout,
+            retry=Retry(NoBackoff(), 0),  # never a retry loop on a caller's thread
+            health_check_interval=0,
         )
-        self._keys = {name: self._namespace(name) for name in names}
-        self._transition = client.register_script(_TRANSITION)
-        self._acquire = client.register_script(_ACQUIRE_TRIAL)
-        self._release = client.register_script(_RELEASE_TRIAL)
-        self._record = client.register_script(_RECORD_TRIAL)
-        self._clear = client.register_script(_CLEAR)
+        self.scripts = {
+            name: self.client.register_script(_PRELUDE + body) for name, body in SCRIPTS.items()
+        }
+        self.up = False  # until the link's thread has reached Redis
+        self.closed = False
+        self.states: list[SharedState] = []
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._wake = threading.Event()
+        metrics.storage_available.labels(self.label).set(0)
 
-    def _unavailable(self, operation: str) -> None:
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            logger.error(
-                "Redis unreachable for circuit-breaker state (%s, %s): using this "
-                "process's own state until it is back.",
-                self._namespace_name,
-                operation,
-            )
+    # -- called from any thread ------------------------------------------------------------------
 
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            self._down_since = None
-            logger.warning(
-                "Redis reachable again for circuit-breaker state (%s).", self._namespace_name
-            )
+    def register(self, state: "SharedState") -> None:
+        with self._lock:
+            self.states.append(state)
+            self._ensure_thread()
+        self._wake.set()
 
-    def snapshot(self) -> tuple[str, str, int]:
-        k = self._keys
-        try:
-            state, mode, epoch = self._redis.mget(k["state"], k["mode"], k["epoch"])
-        except RedisError:
-            self._unavailable("read")
-            return self._local.snapshot()
-        self._recovered()
-        return (
-            state.decode() if state else CLOSED,
-            mode.decode() if mode else NORMAL,
-            int(epoch) if epoch else 0,
+    def wait_up(self, timeout: float) -> bool:
+        """Wait until the link's thread has reached Redis (tests, and processes that must not
+        start on local state); whether it has."""
+        end = time.monotonic() + timeout
+        while not self.up and time.monotonic() < end:
+            time.sleep(0.01)
+        return self.up
+
+    def unregister(self, state: "SharedState") -> None:
+        with self._lock:
+            if state in self.states:
+                self.states.remove(state)
+
+    def close(self) -> None:
+        """Stop the link's thread and forget its states (a Redis that is gone for good)."""
+        with self._lock:
+            self.states.clear()
+            self.closed = True
+            self.up = False
+        self._wake.set()
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        """A Redis command failed: run on local state until the link's thread reaches Redis."""
+        with self._lock:
+            if not self.up:
+                return
+            self.up = False
+        metrics.storage_available.labels(self.label).set(0)
+        metrics.storage_events.labels(self.label, "unreachable").inc()
+        logger.error(
+            "Redis at %s unreachable for circuit-breaker state (%s: %s): every breaker runs "
+            "on this process's own state until it answers again.",
+            self.label,
+            operation,
+            exc,
         )
+        self._wake.set()
 
-    @property
-    def state(self) -> str:
-        return self.snapshot()[0]
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():  # first use, or a child process after fork: a fresh thread
+            self._pid = os.getpid()
+            self.up = False
+            threading.Thread(
+                target=self._run, name=f"resilience-redis-{self.label}", daemon=True
+            ).start()
 
-    @state.setter
-    def state(self, state: str) -> None:
-        # pybreaker's own writes go through ``transition``; keep a plain setter for its API.
-        self.transition(None, state)
+    # -- the link's own thread ---------------------------------------------------------------------
 
-    def set_mode(self, mode: str) -> None:
-        try:
-            self._redis.set(self._keys["mode"], mode)
-        except RedisError:
-            self._unavailable("mode")
-        self._local.set_mode(mode)
+    def _run(self) -> None:
+        pubsub = None
+        subscribed: set[str] = set()
+        next_sync = 0.0
+        while not self.closed:
+            try:
+                if not self.up:
+                    if pubsub is not None:
+                        pubsub.close()
+                        pubsub, subscribed = None, set()
+                    self._reconcile(dirty_only_first=True)
+                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                    with self._lock:
+                        self.up = True
+                    metrics.storage_available.labels(self.label).set(1)
+                    metrics.storage_events.labels(self.label, "reachable").inc()
+                    logger.warning(
+                        "Redis at %s reachable for circuit-breaker state: sharing %d breaker(s).",
+                        self.label,
+                        len(self.states),
+                    )
+                    next_sync = 0.0
+                channels = {state.channel: state for state in list(self.states)}
+                new = set(channels) - subscribed
+                if new:
+                    pubsub.subscribe(*new)
+                    subscribed |= new
+                    next_sync = 0.0  # read what changed before the subscription
+                now = time.monotonic()
+                if now >= next_sync:
+                    self._reconcile()
+                    next_sync = now + self.options.sync_interval
+                message = pubsub.get_message(timeout=min(0.1, max(0.0, next_sync - now)))
+                while message is not None:
+                    state = channels.get(message["channel"].decode())
+                    if state is not None:
+                        state.apply_message(message["data"].decode())
+                    message = pubsub.get_message(timeout=0)
+                self._wake.clear()
+            except RedisError as exc:
+                self.failed("sync", exc)
+                self._wake.wait(self.options.probe_interval)
+                self._wake.clear()
+            except Exception:  # never let the link's thread die: breakers would stop sharing
+                logger.exception("resilience: Redis link thread for %s failed", self.label)
+                time.sleep(self.options.probe_interval)
+        if pubsub is not None:
+            pubsub.close()
 
-    def transition(self, expected: str | None, new: str, *, wait: float = 0.0) -> int:
-        k = self._keys
-        keys = [
-            k["state"],
-            k["since_ms"],
-            k["trials_started"],
-            k["trials_done"],
-            k["trials_failed"],
-            k["trials_slow"],
-            k["epoch"],
-        ]
-        try:
-            epoch = int(self._transition(keys=keys, args=[expected or "", new, int(wait * 1000)]))
-        except RedisError:
-            self._unavailable("transition")
-            return self._local.transition(expected, new, wait=wait)
-        if epoch:
-            self._local.transition(None, new)
-        return epoch
+    def _reconcile(self, dirty_only_first: bool = False) -> None:
+        """Push what changed here while Redis was away, then read every shared state."""
+        states = list(self.states)
+        if dirty_only_first:
+            for state in states:
+                while state.dirty:  # a local change made while we push: push again
+                    state.sync_now(require_link=False)
+        if not states:
+            self.client.ping()
+            return
+        pipe = self.client.pipeline(transaction=False)
+        requests = [(state, state.sync_args()) for state in states]
+        for _, (keys, args, _) in requests:
+            self.scripts["sync"](keys=keys, args=args, client=pipe)
+        for (state, (_, _, generation)), reply in zip(
+            requests, pipe.execute(raise_on_error=True), strict=True
+        ):
+            state.apply_reply(reply, generation=generation)
 
-    def acquire_trial(self, permitted: int, epoch: int) -> bool:
-        k = self._keys
-        try:
-            return bool(
-                self._acquire(
-                    keys=[k["state"], k["trials_started"], k["epoch"]], args=[permitted, epoch]
-                )
-            )
-        except RedisError:
-            self._unavailable("acquire_trial")
-            return self._local.acquire_trial(permitted, self._local.snapshot()[2])
 
-    def release_trial(self, epoch: int) -> None:
-        try:
-            self._release(keys=[self._keys["trials_started"], self._keys["epoch"]], args=[epoch])
-        except RedisError:
-            self._unavailable("release_trial")
+class SharedState(LocalState):
+    """A breaker's state shared through Redis, with this process's local state under it."""
 
-    def record_trial(self, failed: bool, slow: bool, epoch: int) -> tuple[int, int, int] | None:
-        k = self._keys
-        try:
-            done, failures, slows = self._record(
-                keys=[
-                    k["state"],
-                    k["trials_done"],
-                    k["trials_failed"],
-                    k["trials_slow"],
-                    k["epoch"],
-                ],
-                args=[int(failed), int(slow), epoch],
-            )
-        except RedisError:
-            self._unavailable("record_trial")
+    shared = True
+
+    def __init__(
+        self, link: RedisLink, key: str, clock: Clock, on_change: OnChange | None = None
+    ) -> None:
+        super().__init__(clock, on_change)
+        self.link = link
+        self.key = key
+        self.channel = f"{key}:changes"
+        self.epoch = 0  # the last shared epoch this process applied
+        self.dirty = False  # changed here while Redis was unreachable
+        link.register(self)
+
+    def describe(self) -> str:
+        return "redis"
+
+    def close(self) -> None:
+        self.link.unregister(self)
+
+    # -- talking to Redis ---------------------------------------------------------------------------
+
+    def _caller(self) -> list:
+        """ARGV[2..5]: the epoch this process applied, its state, mode, and ms in that state."""
+        state, mode, _ = self.view
+        age = max(0, int((self.clock.now() - self.since) * 1000))
+        return [self.epoch, state, mode, age]
+
+    def _run(self, script: str, operation: str, extra: list, *, require_link: bool = True):
+        """Run a script: its reply, or ``None`` if Redis is unreachable (the link is then down)."""
+        if require_link and not self.link.up:
             return None
-        return None if done < 0 else (int(done), int(failures), int(slows))
-
-    def clear(self) -> None:
-        k = self._keys
+        with self.lock:
+            args = [self.channel, *self._caller(), *extra]
+            generation = self.view[2]
         try:
-            self._clear(
-                keys=[
-                    k["state"],
-                    k["since_ms"],
-                    k["trials_started"],
-                    k["trials_done"],
-                    k["trials_failed"],
-                    k["trials_slow"],
-                    k["mode"],
-                    k["epoch"],
-                ]
+            reply = self.link.scripts[script](keys=[self.key], args=args)
+        except RedisError as exc:
+            self.link.failed(operation, exc)
+            return None
+        self.apply_reply(reply, generation=None)
+        return reply, generation
+
+    def sync_args(self) -> tuple[list, list, int]:
+        with self.lock:
+            args = [self.channel, *self._caller(), "1" if self.dirty else "0"]
+            return [self.key], args, self.view[2]
+
+    def sync_now(self, *, require_link: bool = True) -> None:
+        keys, args, generation = self.sync_args()
+        if require_link and not self.link.up:
+            return
+        reply = self.link.scripts["sync"](keys=keys, args=args)
+        self.apply_reply(reply, generation=generation)
+
+    def sync(self) -> None:
+        """Read the shared state now (tests and health checks; calls never need to)."""
+        try:
+            self.sync_now()
+        except RedisError as exc:
+            self.link.failed("sync", exc)
+
+    def apply_reply(self, reply, *, generation: int | None) -> None:
+        """Adopt the shared state a script answered with, if it is newer than this view.
+
+        ``generation``: the view the request was made from; if this process changed its view
+        since (a local change while Redis was away), the answer is stale and not applied.
+        """
+        _, state, mode, epoch, age_ms, reseeded = reply[:6]
+        state, mode, epoch = _CANONICAL[state.decode()], _CANONICAL[mode.decode()], int(epoch)
+        if reseeded:
+            metrics.storage_events.labels(self.link.label, "reseeded").inc()
+            logger.warning(
+                "Redis at %s had lost circuit-breaker state %s (restarted empty, flushed or "
+                "failed over): re-seeded it from this process (%s, epoch %d).",
+                self.link.label,
+                self.key,
+                state,
+                epoch,
             )
-        except RedisError:
-            self._unavailable("clear")
-        self._local.clear()
+        self._adopt(state, mode, epoch, int(age_ms) / 1000, generation)
+
+    def apply_message(self, data: str) -> None:
+        state, mode, epoch, age_ms = data.split("|")
+        self._adopt(_CANONICAL[state], _CANONICAL[mode], int(epoch), int(age_ms) / 1000, None)
+
+    def _adopt(self, state: str, mode: str, epoch: int, age: float, generation: int | None) -> None:
+        with self.lock:
+            if generation is not None and self.view[2] != generation:
+                return  # this process changed its view since it asked: the answer is stale
+            if epoch <= self.epoch:
+                return  # nothing newer than what this process already applied
+            self.epoch = epoch
+            self.dirty = False
+            # A newer epoch is a new state period even in the same state (a half-open round
+            # restarted, or open -> half-open -> open between two polls): a new generation.
+            _, old_state = self._enter(state, mode, self.clock.now() - age)
+        self._changed(old_state)
+
+    # -- the breaker's operations --------------------------------------------------------------------
+
+    def transition(
+        self,
+        expected: str | None,
+        generation: int | None,
+        new: str,
+        *,
+        mode: str = NORMAL,
+        wait: float = 0.0,
+    ) -> int:
+        if self.link.up:
+            with self.lock:
+                if expected is not None and self.view[2] != generation:
+                    return 0
+            done = self._run(
+                "transition", "transition", [expected or "", new, mode, int(wait * 1000)]
+            )
+            if done is not None:
+                reply, _ = done
+                if reply[0] != 1:
+                    return 0
+                with self.lock:  # the view this transition made (or a later one already)
+                    return self.view[2] if self.epoch >= int(reply[3]) else 0
+        with self.lock:
+            moved, old_state = self._local_transition(expected, generation, new, mode, wait)
+            if moved:
+                self.dirty = True
+        self._changed(old_state)
+        return moved
+
+    def acquire_trial(self, generation: int, permitted: int) -> int | None:
+        if self.link.up:
+            with self.lock:
+                if self.view[2] != generation or self.view[0] != HALF_OPEN:
+                    return None
+                if self._trials[0] >= permitted:  # this round's permits are known to be taken
+                    return None
+                epoch = self.epoch
+            done = self._run("acquire_trial", "acquire_trial", [permitted])
+            if done is not None:
+                reply, _ = done
+                if reply[0] == 1 and int(reply[3]) == epoch:
+                    return epoch
+                with self.lock:
+                    if self.view[2] == generation:
+                        self._trials[0] = permitted  # no need to ask again this round
+                return None
+        return super().acquire_trial(generation, permitted)
+
+    def release_trial(self, generation: int, epoch: int) -> None:
+        if epoch and self._run("release_trial", "release_trial", [epoch]) is not None:
+            return
+        super().release_trial(generation, epoch)
+
+    def record_trial(
+        self, generation: int, epoch: int, failed: bool, slow: bool
+    ) -> tuple[int, int, int] | None:
+        if epoch and self.link.up:
+            done = self._run("record_trial", "record_trial", [epoch, int(failed), int(slow)])
+            if done is not None:
+                reply, _ = done
+                if reply[0] < 0:
+                    return None
+                return int(reply[0]), int(reply[6]), int(reply[7])
+        return super().record_trial(generation, epoch, failed, slow)
 
 
-def build_storage(url: str | None, *, namespace: str, clock: Clock):
+_links: dict[tuple[str, LinkOptions], RedisLink] = {}
+_links_lock = threading.Lock()
+
+
+def link_for(url: str, options: LinkOptions) -> RedisLink:
+    """The link of this process to ``url``: one per URL and options, shared by its breakers."""
+    with _links_lock:
+        link = _links.get((url, options))
+        if link is None:
+            link = _links[(url, options)] = RedisLink(url, options)
+        return link
+
+
+def close_links(url: str | None = None) -> None:
+    """Close this process's links (to ``url``, or all): their threads end (tests)."""
+    with _links_lock:
+        for key in [key for key in _links if url is None or key[0] == url]:
+            _links.pop(key).close()
+
+
+def build_state(
+    url: str | None,
+    *,
+    key: str,
+    clock: Clock,
+    on_change: OnChange | None = None,
+    options: LinkOptions | None = None,
+) -> LocalState:
+    """A breaker's state: local only (``url=None``), or shared through the Redis at ``url``.
+
+    Never touches the network: a shared state starts from the local view and is brought in
+    line with Redis by its link's thread.
+    """
     if url is None:
-        return MemoryStorage(clock)
-    return RedisStorage(url, namespace, clock)
+        return LocalState(clock, on_change)
+    return SharedState(link_for(url, options or LinkOptions()), key, clock, on_change)

@@ -32,6 +32,7 @@ def reset_metrics() -> None:
     Policies bind their metric children when built, so they are dropped too and rebuilt on
     next use.
     """
+    metrics.forget()
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             value.clear()
@@ -59,5 +60,7 @@ def virtual_time() -> Iterator[VirtualClock]:
 
 
 def metric(metric_name: str, /, **labels: str) -> float:
-    """The current value of a metric sample in this process (0.0 when it was never set)."""
+    """The current value of a metric sample in this process (0.0 when it was never set),
+    after adding every count not yet flushed."""
+    metrics.flush()
     return REGISTRY.get_sample_value(metric_name, labels) or 0.0

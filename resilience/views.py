@@ -10,10 +10,16 @@ from prometheus_client import (
     multiprocess,
 )
 
+from resilience import metrics as resilience_metrics
+
 
 @require_GET
 def metrics(request) -> HttpResponse:
-    """Prometheus text format; summed across gunicorn workers when ``PROMETHEUS_MULTIPROC_DIR`` is set."""
+    """Prometheus text format; summed across gunicorn workers when ``PROMETHEUS_MULTIPROC_DIR`` is set.
+
+    This process's counts are flushed first; other workers' may lag by one flush interval.
+    """
+    resilience_metrics.flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

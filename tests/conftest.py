@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from resilience import testing
+from resilience import storage, testing
+from tests.redis_server import RedisServer
 from tests.upstream import Upstream
 
 REDIS_URL = os.environ.get("REDIS_URL")
@@ -58,3 +59,12 @@ def resilience_test_mode():
     with testing.virtual_time() as clock:
         yield clock
     testing.reset()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of this test's own, on a free port, gone after the test."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    storage.close_links(server.url)
+    server.kill()

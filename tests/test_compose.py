@@ -25,7 +25,7 @@ EXTERNAL_VARIABLES = {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "PROMETHEUS_MULT
 
 
 def port_of(service: str) -> int:
-    return urlparse(base.SERVICES[service]).port
+    return urlparse(base.SERVICE_URLS[service]).port
 
 
 def variables_read_by_the_code() -> set[str]:

@@ -202,11 +202,11 @@ def counter_deltas(before: dict, after: dict) -> dict:
 
 
 def breaker_states(stack: RunningStack, service: str) -> dict[str, str]:
-    """breaker -> the worst state any live worker of ``service`` last saw it in, from one read
+    """breaker -> the worst state any live worker of ``service`` sees it in, from one read
     of its /metrics ({} if it did not answer)."""
     worst: dict[str, str] = {}
     for name, labels, value in stack.metrics(service):
-        if name == "resilience_circuitbreaker_state" and value:
+        if name == "resilience_circuitbreaker_process_state" and value:
             breaker, state = labels["name"], labels["state"]
             if SEVERITY[state] >= SEVERITY[worst.get(breaker, "closed")]:
                 worst[breaker] = state

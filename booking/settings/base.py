@@ -106,8 +106,8 @@ EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tickets@concert-booking.local")
 
-# Base URLs of every service, so that ServiceClient("payments") knows where payments lives.
-SERVICES = {
+# Base URLs of every service of the stack (the stack command binds each to its port).
+SERVICE_URLS = {
     "gateway": env_str("GATEWAY_URL", "http://127.0.0.1:8000"),
     "orders": env_str("ORDERS_URL", "http://127.0.0.1:8001"),
     "payments": env_str("PAYMENTS_URL", "http://127.0.0.1:8002"),
@@ -115,6 +115,9 @@ SERVICES = {
     "notifications": env_str("NOTIFICATIONS_URL", "http://127.0.0.1:8004"),
     "recommendations": env_str("RECOMMENDATIONS_URL", "http://127.0.0.1:8005"),
 }
+
+# Where ServiceClient("payments") finds payments: every service another one calls.
+RESILIENCE_SERVICES = {name: url for name, url in SERVICE_URLS.items() if name != "gateway"}
 
 # Shared circuit-breaker state: None keeps each process's state in memory.
 RESILIENCE_STORAGE = env_str("RESILIENCE_STORAGE_URL") or None
@@ -132,7 +135,7 @@ RESILIENCE_POLICIES = {
     },
     "inventory": {
         "TIMEOUT": {"CONNECT": 0.5, "READ": 1.5},
-        "DEADLINE": 2.0,  # one whole attempt; a retry only after a fast failure
+        "DEADLINE": 2.5,  # a wait for a slot, then one whole attempt; a retry only after a fast failure
         "RETRY": {"MAX_ATTEMPTS": 2, "BACKOFF_INITIAL": 0.1, "BACKOFF_MAX": 0.5},
         "CIRCUIT_BREAKER": {"SLOW_CALL_DURATION": 1.0, "WAIT_DURATION_IN_OPEN_STATE": 10.0},
         # A burst queues briefly for a slot (bounded by the deadline); a hung inventory cannot

@@ -18,6 +18,8 @@ if not env_str("CACHE_URL"):  # noqa: F405
         }
     }
 SERVICE_DEPENDENCIES = ["inventory", "recommendations", "orders"]
+# The edge: anyone can send X-Deadline-Remaining-Ms here, so it is not a caller's deadline.
+RESILIENCE_TRUST_DEADLINE_HEADER = False
 # What each endpoint calls, in order: the timeout-budget check (manage.py budgets) reads this.
 CALL_PATHS = {
     "GET /api/shows/": ["inventory"],

@@ -22,7 +22,7 @@ def make_policy(settings, upstream):
     """Configure policy ``name`` (pointing at the test upstream) from section overrides; return it."""
 
     def make(name: str = "upstream", **overrides):
-        settings.SERVICES = {**settings.SERVICES, name: upstream.url}
+        settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, name: upstream.url}
         settings.RESILIENCE_POLICIES = {"default": TEST_DEFAULT, name: overrides}
         return policies[name]
 

@@ -131,7 +131,7 @@ def test_half_open_admits_exactly_the_permitted_trials_and_closes_after_they_suc
     upstream, settings, resilience_test_mode
 ):
     """20 concurrent callers after the open wait: 3 reach the server, 17 are rejected, then closed."""
-    settings.SERVICES = {**settings.SERVICES, "svc": upstream.url}
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "svc": upstream.url}
     settings.RESILIENCE_POLICIES = {
         "svc": {
             "RETRY": {"MAX_ATTEMPTS": 1},
@@ -314,21 +314,18 @@ def test_metrics_follow_the_breaker():
 
 
 def test_a_listener_hears_every_state_change():
-    import pybreaker
-
     seen = []
-
-    class Listener(pybreaker.CircuitBreakerListener):
-        def state_change(self, cb, old_state, new_state):
-            seen.append((old_state.name, new_state.name))
-
     clock = VirtualClock()
     breaker = make_breaker(clock=clock, PERMITTED_CALLS_IN_HALF_OPEN_STATE=1)
-    breaker.add_listener(Listener())
+    breaker.add_listener(lambda cb, old, new: seen.append((cb.name, old, new)))
     trip(breaker)
     clock.advance(31)
     breaker.call(ok)
-    assert seen == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+    assert seen == [
+        ("b", "closed", "open"),
+        ("b", "open", "half-open"),
+        ("b", "half-open", "closed"),
+    ]
 
 
 def test_an_open_breaker_answers_with_status_errors_counted_once_each(make_policy, upstream):
@@ -418,16 +415,6 @@ def test_a_stale_trial_release_does_not_admit_an_extra_trial():
         breaker.acquire()
     breaker.record(second_round, "success", 0.0)
     assert breaker.current_state == "closed"
-
-
-def test_a_stale_snapshot_cannot_rewind_the_state():
-    breaker = make_breaker()
-    state, _, epoch = breaker.storage.snapshot()
-    trip(breaker)
-    breaker._sync(state, epoch)  # a thread that read "closed" before the trip, syncing late
-    assert breaker.current_state == "open"
-    assert breaker._seen == "open"
-    assert testing.metric("resilience_circuitbreaker_state", name="b", state="open") == 1
 
 
 def test_rate_gauges_read_minus_one_until_the_minimum_number_of_calls():

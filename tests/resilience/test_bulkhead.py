@@ -45,7 +45,7 @@ def test_calls_over_the_limit_are_rejected_at_once_without_touching_the_network(
 
 
 def test_max_wait_lets_a_caller_wait_for_a_free_slot(make_policy):
-    policy = make_policy(BULKHEAD={"MAX_CONCURRENT_CALLS": 1, "MAX_WAIT": 2.0})
+    policy = make_policy(BULKHEAD={"MAX_CONCURRENT_CALLS": 1, "MAX_WAIT": 1.0})
     release = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(policy.call, release.wait, 5)

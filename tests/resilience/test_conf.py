@@ -6,7 +6,7 @@ from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from resilience import conf, policies
-from resilience.checks import check_policies
+from resilience.checks import check_policies, check_redis, check_services
 from resilience.handler import InvalidPolicyError
 
 
@@ -74,6 +74,22 @@ def test_a_typo_inside_a_section_is_named_with_its_path():
             "BULKHEAD.MAX_CONCURRENT_CALLS",
         ),
         ({"ENABLED": "yes"}, "resilience.E002", "True or False"),
+        (
+            {"RETRY": {"RETRY_ON_EXCEPTIONS": ["no.such.Error"]}},
+            "resilience.E002",
+            "RETRY.RETRY_ON_EXCEPTIONS",
+        ),
+        (
+            # The wait for a bulkhead slot counts inside the deadline (a 1 s deadline once
+            # answered after 1.36 s).
+            {
+                "TIMEOUT": {"CONNECT": 0.2, "READ": 0.6},
+                "DEADLINE": 1.0,
+                "BULKHEAD": {"MAX_WAIT": 0.5},
+            },
+            "resilience.E003",
+            "MAX_WAIT + CONNECT + READ = 1.3 s",
+        ),
     ],
 )
 def test_impossible_values_are_rejected(policy, expected_id, fragment):
@@ -128,8 +144,57 @@ def test_an_unknown_policy_name_is_a_clear_error(settings):
 
 
 def test_bad_service_url_is_reported():
-    with override_settings(SERVICES={"payments": "127.0.0.1:8002"}):
-        assert [e.id for e in check_policies()] == ["resilience.E007"]
+    with override_settings(
+        RESILIENCE_SERVICES={"payments": "127.0.0.1:8002"},
+        RESILIENCE_POLICIES={"payments": {}},
+    ):
+        assert [e.id for e in check_services()] == ["resilience.E007"]
+
+
+def test_a_host_projects_own_services_setting_is_none_of_our_business():
+    """An unprefixed SERVICES (the host project's, of any shape) once failed our check."""
+    with override_settings(
+        SERVICES=["mail", "search"],
+        RESILIENCE_SERVICES={"payments": "http://127.0.0.1:8002"},
+        RESILIENCE_POLICIES={"payments": {}},
+    ):
+        assert check_services() == []
+        assert check_policies() == []
+
+
+def test_a_service_without_a_policy_and_a_policy_without_a_service_are_warned_about():
+    with override_settings(
+        RESILIENCE_SERVICES={"payments": "http://p", "search": "http://s"},
+        RESILIENCE_POLICIES={"default": {}, "payments": {}, "pricing": {}},
+    ):
+        found = {(m.id, m.level) for m in check_services()}
+        messages = " ".join(m.msg for m in check_services())
+    assert {id for id, _ in found} == {"resilience.W001", "resilience.W002"}
+    assert "'search'" in messages and "'pricing'" in messages
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ({"SOCKET_TIMOUT": 0.1}, "Did you mean 'SOCKET_TIMEOUT'?"),
+        ({"PROBE_INTERVAL": 0}, "PROBE_INTERVAL"),
+        ("fast", "must be a dict"),
+    ],
+)
+def test_bad_redis_options_are_reported(value, fragment):
+    with override_settings(RESILIENCE_REDIS=value):
+        [error] = check_redis()
+    assert error.id == "resilience.E008" and fragment in error.msg
+
+
+def test_retry_on_exceptions_names_what_plain_code_may_retry(settings):
+    settings.RESILIENCE_POLICIES = {
+        "plain": {"RETRY": {"RETRY_ON_EXCEPTIONS": ["decimal.InvalidOperation"]}}
+    }
+    import decimal
+
+    config = conf.build_config("plain")
+    assert config.retry.retry_on_exceptions == (decimal.InvalidOperation,)
 
 
 def test_a_typo_in_one_policy_does_not_hide_bad_values_in_another():

@@ -1,36 +1,44 @@
-"""Breaker state shared through Redis: every process of a service sees the same breaker."""
+"""Breaker state shared through Redis: every process of a service sees the same breaker, and
+Redis failing (hung, killed, restarted empty, flushed, behind) never stops one from opening.
+
+Every test starts its own ``redis-server`` (tests/redis_server.py) and hangs, kills or
+restarts it; "another process" is a real second interpreter.
+"""
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from resilience import conf
+from resilience import conf, metrics, policies, testing
 from resilience.breaker import CircuitBreaker
-from resilience.exceptions import CircuitOpenError
+from resilience.exceptions import CircuitOpenError, UpstreamStatusError
+from resilience.http import ServiceClient
+from resilience.storage import LinkOptions
 from tests.ports import closed_port_url
+from tests.resilience.conftest import TEST_DEFAULT
 
-pytestmark = pytest.mark.redis
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parents[2]
+WINDOW = 10
 
 # Run in a separate interpreter: its own memory, the same Redis.
 CHILD = """
-import json, sys, threading
+import json, sys, threading, time
+import django; django.setup()
 from resilience import conf
 from resilience.breaker import CircuitBreaker
-from resilience.clock import VirtualClock
 from resilience.exceptions import CircuitOpenError
 
 namespace, url, action, cfg = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 config = conf.build_config("payments", {"payments": {"CIRCUIT_BREAKER": {**cfg, "STORAGE": url}}})
-breaker = CircuitBreaker("payments", config.circuit_breaker, clock=VirtualClock(), namespace=namespace)
+breaker = CircuitBreaker("payments", config.circuit_breaker, namespace=namespace)
+assert breaker.state.link.wait_up(10), "Redis not reached"
+breaker.sync()
 
 def fail():
     raise ConnectionError("refused")
@@ -48,8 +56,7 @@ elif action == "trials":
     def trial():
         barrier.wait()
         try:
-            permit = breaker.acquire()
-            admitted.append(permit)
+            admitted.append(breaker.acquire())
         except CircuitOpenError:
             pass
     threads = [threading.Thread(target=trial) for _ in range(10)]
@@ -59,76 +66,99 @@ elif action == "trials":
 """
 
 
-def child(namespace, action, cfg):
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "booking.settings.test", "PYTHONPATH": str(ROOT)}
-    script = "import django; django.setup()\n" + CHILD
+def child_command(redis, namespace, action, cfg) -> list[str]:
+    return [sys.executable, "-c", CHILD, namespace, redis.url, action, json.dumps(cfg)]
+
+
+def child_env() -> dict:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "booking.settings.test",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def child(redis, namespace, action, cfg):
     out = subprocess.run(
-        [sys.executable, "-c", script, namespace, REDIS_URL, action, json.dumps(cfg)],
+        child_command(redis, namespace, action, cfg),
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env=child_env(),
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def make(namespace, **cfg):
+def make(redis, namespace="test", **cfg) -> CircuitBreaker:
     config = conf.build_config(
-        "payments", {"payments": {"CIRCUIT_BREAKER": {**cfg, "STORAGE": REDIS_URL}}}
+        "payments", {"payments": {"CIRCUIT_BREAKER": {**cfg, "STORAGE": redis.url}}}
     )
-    return CircuitBreaker("payments", config.circuit_breaker, namespace=namespace)
+    breaker = CircuitBreaker("payments", config.circuit_breaker, namespace=namespace)
+    assert breaker.state.link.wait_up(5)
+    breaker.sync()
+    return breaker
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.01) -> float:
+    """Seconds until ``predicate()`` held; AssertionError after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not true within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - start
 
 
 @pytest.fixture
-def namespace():
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    yield name
-    from resilience.storage import redis_client
+def shared_policy(make_policy, redis_server, settings):
+    """Policy "upstream" on the test upstream with its breaker state in the test's own Redis."""
+    settings.RESILIENCE_NAMESPACE = "test"
 
-    client = redis_client(REDIS_URL)
-    keys = list(client.scan_iter(f"{name}:*"))
-    if keys:
-        client.delete(*keys)
+    def make(**overrides):
+        breaker = {
+            "SLIDING_WINDOW_SIZE": WINDOW,
+            "MINIMUM_NUMBER_OF_CALLS": 5,
+            "WAIT_DURATION_IN_OPEN_STATE": 0.3,
+            "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 2,
+            "STORAGE": redis_server.url,
+            **overrides.pop("CIRCUIT_BREAKER", {}),
+        }
+        policy = make_policy(RETRY={"MAX_ATTEMPTS": 1}, CIRCUIT_BREAKER=breaker, **overrides)
+        assert policy.breaker.state.link.wait_up(5)
+        return policy
+
+    return make
 
 
-def test_a_breaker_tripped_in_one_process_is_open_in_another(namespace):
-    here = make(namespace, MINIMUM_NUMBER_OF_CALLS=5)
+# -- sharing ------------------------------------------------------------------------------------
+
+
+def test_a_breaker_tripped_in_one_process_is_open_in_another_within_a_second(redis_server):
+    here = make(redis_server, MINIMUM_NUMBER_OF_CALLS=5)
     assert here.current_state == "closed"
-    assert child(namespace, "trip", {"MINIMUM_NUMBER_OF_CALLS": 5}) == {"state": "open"}
-    assert here.current_state == "open"
+    assert child(redis_server, "test", "trip", {"MINIMUM_NUMBER_OF_CALLS": 5}) == {"state": "open"}
+    assert wait_for(lambda: here.current_state == "open", timeout=1.0) < 1.0
     with pytest.raises(CircuitOpenError):
         here.call(lambda: "never")
 
 
-def test_half_open_admits_exactly_the_permitted_trials_across_processes(namespace):
+def test_half_open_admits_exactly_the_permitted_trials_across_processes(redis_server):
     cfg = {
         "MINIMUM_NUMBER_OF_CALLS": 5,
         "WAIT_DURATION_IN_OPEN_STATE": 0.3,
         "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 3,
     }
-    here = make(namespace, **cfg)
-    child(namespace, "trip", cfg)
-    assert here.current_state == "open"
+    here = make(redis_server, **cfg)
+    child(redis_server, "test", "trip", cfg)
+    wait_for(lambda: here.current_state == "open", timeout=1.0)
     time.sleep(0.35)  # the open wait is timed by the Redis server's clock
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import django; django.setup()\n" + CHILD,
-                namespace,
-                REDIS_URL,
-                "trials",
-                json.dumps(cfg),
-            ],
+            child_command(redis_server, "test", "trials", cfg),
             stdout=subprocess.PIPE,
             text=True,
-            env={
-                **os.environ,
-                "DJANGO_SETTINGS_MODULE": "booking.settings.test",
-                "PYTHONPATH": str(ROOT),
-            },
+            env=child_env(),
         )
         for _ in range(2)
     ]
@@ -136,63 +166,239 @@ def test_half_open_admits_exactly_the_permitted_trials_across_processes(namespac
         json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1])["admitted"] for p in procs
     )
     assert admitted == 3
+    here.sync()
     assert here.current_state == "half-open"
 
 
-def test_trial_outcomes_from_several_processes_close_the_breaker(namespace):
+def test_trial_outcomes_from_several_processes_close_the_breaker(redis_server):
     cfg = {
         "MINIMUM_NUMBER_OF_CALLS": 5,
         "WAIT_DURATION_IN_OPEN_STATE": 0.2,
         "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 2,
     }
-    first, second = make(namespace, **cfg), make(namespace, **cfg)
-    child(namespace, "trip", cfg)
+    first, second = make(redis_server, **cfg), make(redis_server, **cfg)
+    child(redis_server, "test", "trip", cfg)
+    wait_for(lambda: first.current_state == "open" and second.current_state == "open", 1.0)
     time.sleep(0.25)
     assert first.call(lambda: 1) == 1
-    assert second.current_state == "half-open"
+    wait_for(lambda: second.current_state == "half-open", 1.0)
     assert second.call(lambda: 2) == 2
-    assert first.current_state == "closed"
+    wait_for(lambda: first.current_state == "closed", 1.0)
 
 
-def test_manual_control_is_shared(namespace):
-    first, second = make(namespace), make(namespace)
+def test_manual_control_is_shared(redis_server):
+    first, second = make(redis_server), make(redis_server)
     first.force_open()
-    assert (second.current_state, second.mode) == ("open", "forced-open")
+    wait_for(lambda: (second.current_state, second.mode) == ("open", "forced-open"), 1.0)
     second.force_closed()
-    assert (first.current_state, first.mode) == ("closed", "normal")
+    wait_for(lambda: (first.current_state, first.mode) == ("closed", "normal"), 1.0)
 
 
-def test_without_redis_the_breaker_keeps_protecting_on_local_state(caplog):
-    dead = closed_port_url("redis") + "/0"
-    config = conf.build_config("payments", {"payments": {"CIRCUIT_BREAKER": {"STORAGE": dead}}})
-    breaker = CircuitBreaker("payments", config.circuit_breaker, namespace="unreachable")
-
-    def fail():
-        raise ConnectionError()
-
-    for _ in range(5):
-        with pytest.raises(ConnectionError):
-            breaker.call(fail)
-    with pytest.raises(CircuitOpenError):
-        breaker.call(lambda: "never")
-    assert any("Redis unreachable" in r.getMessage() for r in caplog.records)
-
-
-def test_trial_permits_lost_with_a_dead_process_do_not_wedge_the_breaker(namespace):
+def test_trial_permits_lost_with_a_dead_process_do_not_wedge_the_breaker(redis_server):
     """Another process took every trial permit and died; after the open wait a new round starts."""
     cfg = {
         "MINIMUM_NUMBER_OF_CALLS": 5,
         "WAIT_DURATION_IN_OPEN_STATE": 0.3,
         "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 3,
     }
-    here, doomed = make(namespace, **cfg), make(namespace, **cfg)
-    child(namespace, "trip", cfg)
+    here, doomed = make(redis_server, **cfg), make(redis_server, **cfg)
+    child(redis_server, "test", "trip", cfg)
+    wait_for(lambda: here.current_state == "open" and doomed.current_state == "open", 1.0)
     time.sleep(0.35)
     lost = [doomed.acquire() for _ in range(3)]  # never recorded: its process is gone
-    assert [kind for kind, _ in lost] == ["trial"] * 3
+    assert [kind for kind, _, _ in lost] == ["trial"] * 3
+    here.sync()
     with pytest.raises(CircuitOpenError):
         here.call(lambda: "never")
     time.sleep(0.35)
     for _ in range(3):
         assert here.call(lambda: "ok") == "ok"
     assert here.current_state == "closed"
+
+
+# -- the hot path never waits on Redis ------------------------------------------------------------
+
+
+def commands_processed(redis_server) -> int:
+    return redis_server.client().info("stats")["total_commands_processed"]
+
+
+def test_a_call_through_a_closed_breaker_sends_redis_nothing(redis_server):
+    breaker = make(redis_server)
+    before = commands_processed(redis_server)
+    start = time.monotonic()
+    for _ in range(2000):
+        breaker.call(lambda: "ok")
+    elapsed = time.monotonic() - start
+    # Only the link's own poll (every SYNC_INTERVAL) and this INFO reach Redis meanwhile.
+    polls = 2 + int(elapsed / LinkOptions().sync_interval) * 3
+    assert commands_processed(redis_server) - before <= polls
+
+
+def test_sharing_leaves_one_key_per_breaker(redis_server):
+    """pybreaker's storage wrote its unused counters, and two keys that nothing read."""
+    breaker = make(redis_server, MINIMUM_NUMBER_OF_CALLS=5)
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            breaker.call(lambda: (_ for _ in ()).throw(ConnectionError()))
+    assert breaker.current_state == "open"
+    assert sorted(redis_server.client().keys("*")) == [b"test:payments:breaker"]
+
+
+# -- Redis failing --------------------------------------------------------------------------------
+
+
+def trip_count(upstream, shared_policy) -> int:
+    """503s sent through the policy until its breaker refuses a call: how many reached the server."""
+    client = ServiceClient("upstream")
+    before = upstream.count("/status")
+    for _ in range(3 * WINDOW):
+        try:
+            client.get("/status/503")
+        except UpstreamStatusError:
+            continue
+        except CircuitOpenError:
+            return upstream.count("/status") - before
+    raise AssertionError(f"{3 * WINDOW} failing calls and the breaker is still closed")
+
+
+def cycle(policy, upstream) -> None:
+    """closed -> open -> half-open -> closed, on Redis state."""
+    trip_count(upstream, policy)
+    time.sleep(0.35)
+    client = ServiceClient("upstream")
+    for _ in range(2):
+        assert client.get("/ok").status_code == 200
+    assert policy.breaker.current_state == "closed"
+
+
+@pytest.mark.parametrize("loss", ["restart empty", "FLUSHDB"])
+def test_after_redis_loses_its_data_failing_calls_open_the_breaker_again(
+    shared_policy, upstream, redis_server, loss
+):
+    """Once, a process whose epoch was above Redis's dropped every outcome: 30 straight 500s
+    and the breaker stayed closed."""
+    policy = shared_policy()
+    cycle(policy, upstream)
+    if loss == "FLUSHDB":
+        redis_server.client().flushdb()
+    else:
+        redis_server.restart_empty()
+    reached = trip_count(upstream, policy)
+    assert reached <= WINDOW
+    assert policy.breaker.current_state == "open"
+    wait_for(lambda: redis_server.client().hget("test:upstream:breaker", "state") == b"open", 2.0)
+
+
+def test_a_redis_behind_this_process_is_reseeded_not_obeyed(shared_policy, upstream, redis_server):
+    """A failover to a stale replica: Redis says closed, at an epoch this process is past."""
+    policy = shared_policy(CIRCUIT_BREAKER={"WAIT_DURATION_IN_OPEN_STATE": 30.0})
+    trip_count(upstream, policy)
+    client = redis_server.client()
+    client.hset("test:upstream:breaker", mapping={"state": "closed", "epoch": 0})
+    policy.breaker.sync()
+    assert policy.breaker.current_state == "open"
+    assert client.hget("test:upstream:breaker", "state") == b"open"
+    assert (
+        testing.metric(
+            "resilience_storage_events_total",
+            event="reseeded",
+            storage=f"127.0.0.1:{redis_server.port}/0",
+        )
+        >= 1
+    )
+
+
+@pytest.mark.parametrize("fault", ["hang", "kill"])
+def test_with_redis_hung_or_killed_calls_stay_fast_and_the_breaker_still_opens(
+    shared_policy, upstream, redis_server, fault
+):
+    policy = shared_policy()
+    client = ServiceClient("upstream")
+    getattr(redis_server, fault)()
+    try:
+        latencies = []
+        for _ in range(40):
+            start = time.monotonic()
+            assert client.get("/ok").status_code == 200
+            latencies.append(time.monotonic() - start)
+        assert statistics.median(latencies) < 0.05
+        assert max(latencies) < 2.0
+        assert trip_count(upstream, policy) <= WINDOW
+        with pytest.raises(CircuitOpenError):
+            client.get("/ok")
+        rejected = time.monotonic()
+        for _ in range(20):
+            with pytest.raises(CircuitOpenError):
+                client.get("/ok")
+        assert time.monotonic() - rejected < 0.1  # refused at once, not after a Redis timeout
+    finally:
+        redis_server.resume() if fault == "hang" else None
+
+
+@pytest.mark.parametrize("fault", ["hang", "kill"])
+def test_when_redis_is_back_a_breaker_tripped_in_one_process_is_open_in_another_within_a_second(
+    redis_server, fault
+):
+    here = make(redis_server, MINIMUM_NUMBER_OF_CALLS=5, WAIT_DURATION_IN_OPEN_STATE=30.0)
+    getattr(redis_server, fault)()
+    redis_server.resume() if fault == "hang" else redis_server.start()
+    assert child(redis_server, "test", "trip", {"MINIMUM_NUMBER_OF_CALLS": 5}) == {"state": "open"}
+    assert wait_for(lambda: here.current_state == "open", timeout=1.0) < 1.0
+
+
+def test_changes_made_while_redis_was_down_are_shared_when_it_is_back(redis_server):
+    here = make(redis_server, MINIMUM_NUMBER_OF_CALLS=5, WAIT_DURATION_IN_OPEN_STATE=30.0)
+    other = make(redis_server, MINIMUM_NUMBER_OF_CALLS=5, WAIT_DURATION_IN_OPEN_STATE=30.0)
+    redis_server.kill()
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            here.call(lambda: (_ for _ in ()).throw(ConnectionError()))
+    assert (here.current_state, other.current_state) == ("open", "closed")
+    redis_server.start()
+    wait_for(lambda: other.current_state == "open", timeout=2.0)
+
+
+def test_building_a_policy_never_waits_on_a_hung_redis(shared_policy, redis_server, settings):
+    redis_server.hang()
+    try:
+        settings.RESILIENCE_POLICIES = {
+            "default": TEST_DEFAULT,
+            **{f"p{i}": {"CIRCUIT_BREAKER": {"STORAGE": redis_server.url}} for i in range(5)},
+        }
+        start = time.monotonic()
+        built = [policies[f"p{i}"] for i in range(5)]
+        assert time.monotonic() - start < 0.05
+        assert all(policy.breaker.current_state == "closed" for policy in built)
+    finally:
+        redis_server.resume()
+
+
+def test_the_link_to_redis_is_logged_and_counted(redis_server, caplog):
+    breaker = make(redis_server)
+    label = f"127.0.0.1:{redis_server.port}/0"
+    redis_server.kill()
+    wait_for(lambda: not breaker.state.link.up, timeout=2.0)
+    redis_server.start()
+    wait_for(lambda: breaker.state.link.up, timeout=2.0)
+    events = {
+        event: testing.metric("resilience_storage_events_total", storage=label, event=event)
+        for event in ("unreachable", "reachable")
+    }
+    assert events == {"unreachable": 1, "reachable": 2}  # reachable at start, and again
+    assert testing.metric("resilience_storage_available", storage=label) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("unreachable" in m for m in messages) and any("reachable" in m for m in messages)
+
+
+def test_without_redis_at_all_the_breaker_protects_on_local_state():
+    dead = closed_port_url("redis") + "/0"
+    config = conf.build_config("payments", {"payments": {"CIRCUIT_BREAKER": {"STORAGE": dead}}})
+    breaker = CircuitBreaker("payments", config.circuit_breaker, namespace="unreachable")
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            breaker.call(lambda: (_ for _ in ()).throw(ConnectionError()))
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: "never")
+    assert not breaker.state.link.up
+    metrics.flush()

@@ -54,7 +54,7 @@ def test_a_500_counts_as_failure_but_is_not_retried(make_policy, upstream):
 
 def test_connection_refused_is_retried(make_policy, settings):
     policy = make_policy(RETRY={"MAX_ATTEMPTS": 3})
-    settings.SERVICES = {**settings.SERVICES, "upstream": closed_port_url()}
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "upstream": closed_port_url()}
     with pytest.raises(UpstreamConnectionError):
         ServiceClient("upstream").get("/ok")
     assert testing.metric("resilience_retry_attempts_total", name=policy.name) == 2

@@ -31,7 +31,7 @@ def make_show(db):
 @pytest.fixture
 def stack(live_server, settings, transactional_db):
     """Every service's API on one live HTTP server, each under /<name>/, called through its policy."""
-    settings.SERVICES = {name: f"{live_server.url}/{name}" for name in SERVICE_NAMES}
+    settings.RESILIENCE_SERVICES = {name: f"{live_server.url}/{name}" for name in SERVICE_NAMES}
     cache.clear()
     yield live_server
     cache.clear()

@@ -27,7 +27,10 @@ def test_recommendations_fall_back_from_live_to_cache_to_popular(
         "shows": [{"id": other.pk, "title": "Other", "artist": "The Testers"}],
     }
 
-    settings.SERVICES = {**settings.SERVICES, "recommendations": closed_port_url()}
+    settings.RESILIENCE_SERVICES = {
+        **settings.RESILIENCE_SERVICES,
+        "recommendations": closed_port_url(),
+    }
     cached = client.get(f"/gateway/api/shows/{seen.pk}/recommendations/").json()
     assert cached == {"source": "cache", "shows": live["shows"]}
     fallback = client.get(f"/gateway/api/shows/{unseen.pk}/recommendations/").json()
@@ -51,7 +54,7 @@ def test_orders_pass_through_the_gateway(client, stack, make_show):
 
 def test_orders_unavailable_is_a_503_json(client, stack, settings, make_show):
     show = make_show()
-    settings.SERVICES = {**settings.SERVICES, "orders": closed_port_url()}
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "orders": closed_port_url()}
     body = {"show_id": show.pk, "quantity": 1, "email": "a@example.com", "card_token": "tok_visa"}
     response = client.post(
         "/gateway/api/orders/", body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="g"
@@ -78,7 +81,10 @@ def test_the_storefront_renders_and_books(client, stack, settings, make_show):
     assert again["Location"] == booked["Location"]
     order_page = client.get(booked["Location"])
     assert "confirmed" in order_page.content.decode()
-    settings.SERVICES = {**settings.SERVICES, "recommendations": closed_port_url()}
+    settings.RESILIENCE_SERVICES = {
+        **settings.RESILIENCE_SERVICES,
+        "recommendations": closed_port_url(),
+    }
     degraded = client.get(f"/gateway/shows/{show.pk}/").content.decode()
     assert "popular" in degraded
 

@@ -97,15 +97,15 @@ def test_payments_unavailable_leaves_the_order_pending_until_the_worker_charges_
     client, stack, settings, make_show
 ):
     show = make_show(seats_total=10)
-    live_payments = settings.SERVICES["payments"]
-    settings.SERVICES = {**settings.SERVICES, "payments": closed_port_url()}
+    live_payments = settings.RESILIENCE_SERVICES["payments"]
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "payments": closed_port_url()}
     response = place(client, show)
     order = response.json()
     assert (response.status_code, order["status"]) == (201, "payment_pending")
     show.refresh_from_db()
     assert (show.seats_held, show.seats_sold) == (2, 0)  # seats stay held, nothing is faked
     assert settle(order["id"]).startswith("retry")  # payments still down: the task reschedules
-    settings.SERVICES = {**settings.SERVICES, "payments": live_payments}
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "payments": live_payments}
     assert settle(order["id"]) == "settled"
     assert Order.objects.get(pk=order["id"]).status == "confirmed"
     assert Charge.objects.filter(order_id=order["id"]).count() == 1
@@ -119,12 +119,15 @@ def test_notifications_down_still_confirms_and_the_worker_delivers_later(
     client, stack, settings, make_show
 ):
     show = make_show()
-    live = settings.SERVICES["notifications"]
-    settings.SERVICES = {**settings.SERVICES, "notifications": closed_port_url()}
+    live = settings.RESILIENCE_SERVICES["notifications"]
+    settings.RESILIENCE_SERVICES = {
+        **settings.RESILIENCE_SERVICES,
+        "notifications": closed_port_url(),
+    }
     order = place(client, show).json()
     assert order["status"] == "confirmed"
     assert Notification.objects.count() == 0
-    settings.SERVICES = {**settings.SERVICES, "notifications": live}
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "notifications": live}
     assert settle(order["id"]) == "settled"
     assert Notification.objects.filter(order_id=order["id"]).count() == 1
     assert settle(order["id"]) == "settled"
@@ -135,7 +138,7 @@ def test_inventory_unavailable_is_a_clear_503_and_nothing_is_charged(
     client, stack, settings, make_show
 ):
     show = make_show()
-    settings.SERVICES = {**settings.SERVICES, "inventory": closed_port_url()}
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "inventory": closed_port_url()}
     response = place(client, show)
     body = response.json()
     assert (response.status_code, body["code"]) == (503, "inventory_unavailable")
