@@ -15,6 +15,23 @@ from gateway import clients
 
 logger = logging.getLogger(__name__)
 
+
+def _cache_get(key: str):
+    """The cached value, or ``None`` when the cache itself fails (a hung or down Redis)."""
+    try:
+        return cache.get(key)
+    except Exception as exc:  # the cache is a fallback: it never fails a request
+        logger.warning("gateway cache unavailable (get %s): %s", key, exc)
+        return None
+
+
+def _cache_set(key: str, value) -> None:
+    try:
+        cache.set(key, value, timeout=None)
+    except Exception as exc:
+        logger.warning("gateway cache unavailable (set %s): %s", key, exc)
+
+
 CATALOGUE_KEY = "gateway:catalogue"
 RECOMMENDATIONS_KEY = "gateway:recommendations:{show_id}"
 RECOMMENDATION_LIMIT = 4
@@ -22,7 +39,7 @@ RECOMMENDATION_LIMIT = 4
 
 def shows_list() -> list[dict]:
     shows = clients.inventory_shows()
-    cache.set(CATALOGUE_KEY, shows, timeout=None)
+    _cache_set(CATALOGUE_KEY, shows)
     return shows
 
 
@@ -32,7 +49,7 @@ def show_get(show_id: int) -> dict:
 
 def _catalogue() -> list[dict]:
     """The last good list of shows; fetched if there is none yet (and then best effort)."""
-    shows = cache.get(CATALOGUE_KEY)
+    shows = _cache_get(CATALOGUE_KEY)
     if shows is None:
         try:
             shows = shows_list()
@@ -69,7 +86,7 @@ def recommendations_for(show_id: int) -> dict:
     key = RECOMMENDATIONS_KEY.format(show_id=show_id)
 
     def fallback(exc: Exception) -> dict:
-        cached = cache.get(key)
+        cached = _cache_get(key)
         if cached is not None:
             return {"source": "cache", "shows": cached}
         return {"source": "popular", "shows": popular_shows(exclude=show_id)}
@@ -78,5 +95,5 @@ def recommendations_for(show_id: int) -> dict:
     if isinstance(live, dict):  # the fallback answered
         return live
     shows = _summaries([r["show_id"] for r in live][:RECOMMENDATION_LIMIT])
-    cache.set(key, shows, timeout=None)
+    _cache_set(key, shows)
     return {"source": "live", "shows": shows}

@@ -37,7 +37,9 @@ def free_ports(n: int) -> list[int]:
 
 
 class RunningStack:
-    def __init__(self, var_dir: Path, *, resilience: bool = True) -> None:
+    def __init__(
+        self, var_dir: Path, *, resilience: bool = True, redis_url: str | None = None
+    ) -> None:
         # Several stacks may run one after another: each its own databases, Redis keys, token.
         self.id = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
         self.var_dir = Path(var_dir)
@@ -71,9 +73,10 @@ class RunningStack:
             self.env["STACK_DATABASE_URL"] = base._replace(
                 path=f"/stack_{self.id}_{{service}}"
             ).geturl()
-        if os.environ.get("REDIS_URL"):
-            self.env["RESILIENCE_STORAGE_URL"] = os.environ["REDIS_URL"]
-            self.env["CACHE_URL"] = os.environ["REDIS_URL"]
+        self.redis_url = redis_url or os.environ.get("REDIS_URL")
+        if self.redis_url:
+            self.env["RESILIENCE_STORAGE_URL"] = self.redis_url
+            self.env["CACHE_URL"] = self.redis_url
             self.env["BOOKING_NAMESPACE"] = f"stack-{self.id}"
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -127,7 +130,7 @@ class RunningStack:
         if "BOOKING_NAMESPACE" in self.env:
             import redis
 
-            client = redis.Redis.from_url(os.environ["REDIS_URL"])
+            client = redis.Redis.from_url(self.redis_url)
             namespace = self.env["BOOKING_NAMESPACE"]
             keys = [*client.scan_iter(f"{namespace}:*"), *client.scan_iter(f":*:{namespace}*")]
             if keys:
