@@ -75,7 +75,7 @@ class Graph:
         )
 
     def problems(self) -> list[Problem]:
-        found = []
+        found = self.lifetime_problems()
         for caller in SERVICES:
             for callee in sorted({c for calls in self.paths(caller).values() for c in calls}):
                 edge, worst = self.edge(caller, callee), self.worst_case(callee)
@@ -89,6 +89,37 @@ class Graph:
                             f"{callee}'s deadlines.",
                         )
                     )
+        return found
+
+    def lifetime_problems(self) -> list[Problem]:
+        """The orders service's leases against the time a request placing an order may take."""
+        orders = self.settings.get("orders")
+        lease = getattr(orders, "ORDERS_SAFETY_NET_DELAY", None)
+        abandon = getattr(orders, "ORDERS_PENDING_MAX_AGE", None)
+        if lease is None:
+            return []
+        found = []
+        worst = self.worst_case("orders")
+        if lease < worst:
+            found.append(
+                Problem(
+                    "orders",
+                    "orders",
+                    f"ORDERS_SAFETY_NET_DELAY is {lease:g} s, but a request placing an order may "
+                    f"work {worst:g} s on its calls: a replay (or the worker) would take over an "
+                    "order its request is still placing. Raise it.",
+                )
+            )
+        if abandon is not None and abandon < lease:
+            found.append(
+                Problem(
+                    "orders",
+                    "orders",
+                    f"ORDERS_PENDING_MAX_AGE ({abandon:g} s) is shorter than "
+                    f"ORDERS_SAFETY_NET_DELAY ({lease:g} s): the worker would fail orders that "
+                    "a replay may still place.",
+                )
+            )
         return found
 
     def amplification(self) -> list[tuple[list[str], int]]:

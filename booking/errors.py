@@ -7,6 +7,7 @@ from rest_framework import exceptions, status
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from resilience.exceptions import CircuitOpenError, ResilienceError
+from resilience.http import DEPENDENCY_HEADER
 
 logger = logging.getLogger("booking.errors")
 
@@ -30,16 +31,21 @@ def _first_message(detail) -> str:
 
 
 def exception_handler(exc, context):
+    dependency = getattr(exc, "dependency", None)
+    retry_after = getattr(exc, "retry_after", None)
     if isinstance(exc, ResilienceError):
         logger.warning("dependency unavailable: %s", exc)
-        retry_after = "5" if isinstance(exc, CircuitOpenError) else "1"
+        dependency = exc.policy or "unknown"
+        retry_after = 5 if isinstance(exc, CircuitOpenError) else 1
         exc = DependencyUnavailable()
-        response = drf_exception_handler(exc, context)
-        response["Retry-After"] = retry_after
-    else:
-        response = drf_exception_handler(exc, context)
+    response = drf_exception_handler(exc, context)
     if response is None:
         return None
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    if dependency is not None:
+        # This service works; one it depends on does not. A caller's breaker ignores it.
+        response[DEPENDENCY_HEADER] = dependency
     if isinstance(exc, exceptions.ValidationError):
         body = {"code": "invalid", "message": _first_message(exc.detail), "errors": exc.detail}
     else:

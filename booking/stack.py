@@ -35,6 +35,13 @@ FORWARDED = (
     "ORDERS_SETTLE_BACKOFF_INITIAL",
     "ORDERS_SETTLE_BACKOFF_MAX",
     "ORDERS_SAFETY_NET_DELAY",
+    "ORDERS_PENDING_MAX_AGE",
+    "ORDERS_PAYMENT_PENDING_MAX_AGE",
+    "ORDERS_WORKER_HEARTBEAT",
+    "ORDERS_WORKER_DEAD_AFTER",
+    "ORDERS_RECONCILE_INTERVAL",
+    "PAYMENTS_IN_FLIGHT_LEASE",
+    "NOTIFICATIONS_SEND_LEASE",
     "PAYMENTS_LATENCY_MIN_MS",
     "PAYMENTS_LATENCY_MAX_MS",
     "SEAT_HOLD_TTL",
@@ -104,7 +111,7 @@ class Stack:
                 env,
             )
         programs["orders-worker"] = (
-            f"{self.python} manage.py db_worker --interval 0.5 --no-startup-delay",
+            f"{self.python} manage.py orders_worker --interval 0.5 --no-startup-delay",
             self.env("orders"),
         )
         programs["inventory-sweeper"] = (
@@ -216,8 +223,10 @@ class Stack:
                 "stopasgroup=true",
                 "killasgroup=true",
                 "stopwaitsecs=10",
+                # Killed (SIGKILL, a crash): started again, however often that happens.
                 "autorestart=unexpected",
                 "startsecs=1",
+                "startretries=1000",
                 "",
             ]
         self.conf.write_text("\n".join(lines))

@@ -8,12 +8,26 @@ from rest_framework.views import APIView
 
 from booking.contracts import IDEMPOTENCY_KEY_PARAMETER, OrderInputSerializer, order_request
 from gateway import clients, services
+from resilience.exceptions import ResilienceError
 
 
 class ShowNotFound(APIException):
     status_code = status.HTTP_404_NOT_FOUND
     default_code = "show_not_found"
     default_detail = "No show with that id."
+
+
+class OrdersUnavailable(APIException):
+    """The orders service did not answer: whether the order was placed is not known."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "orders_unavailable"
+    default_detail = (
+        "The booking service did not answer, so whether this order was placed is not known. "
+        "Send the same request again with the same Idempotency-Key: an order is never placed "
+        "or charged twice."
+    )
+    retry_after = 2
 
 
 class ShowOutputSerializer(serializers.Serializer):
@@ -36,7 +50,9 @@ class OrderOutputSerializer(serializers.Serializer):
     """An order as the orders service describes it."""
 
     id = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=["confirmed", "payment_pending", "failed", "pending"])
+    status = serializers.ChoiceField(
+        choices=["pending", "payment_pending", "paid", "confirmed", "refunding", "failed"]
+    )
     show_id = serializers.IntegerField()
     show_title = serializers.CharField()
     quantity = serializers.IntegerField()
@@ -44,6 +60,7 @@ class OrderOutputSerializer(serializers.Serializer):
     amount = serializers.DecimalField(max_digits=10, decimal_places=2, allow_null=True)
     currency = serializers.CharField()
     failure_code = serializers.CharField()
+    refunded = serializers.BooleanField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
@@ -102,7 +119,11 @@ class OrderCreateApi(APIView):
     )
     def post(self, request):
         key, order = order_request(request)  # bad input is refused here, before it costs a call
-        return _passthrough(clients.orders_create(idempotency_key=key, payload=order))
+        try:
+            answer = clients.orders_create(idempotency_key=key, payload=order)
+        except ResilienceError:
+            raise OrdersUnavailable() from None
+        return _passthrough(answer)
 
 
 class OrderDetailApi(APIView):

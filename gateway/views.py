@@ -61,7 +61,11 @@ def show_detail(request, show_id: int):
                     idempotency_key=form.cleaned_data["idempotency_key"], payload=payload
                 )
             except ResilienceError:
-                error = "Booking is unavailable right now. Nothing was charged; please try again."
+                error = (
+                    "Booking is unavailable right now, so we cannot tell yet whether your order "
+                    "went through. Send the form again: it is the same order, and it is never "
+                    "charged twice."
+                )
             else:
                 body = response.json()
                 if response.status_code in (200, 201):

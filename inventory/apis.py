@@ -44,6 +44,7 @@ class HoldOutputSerializer(serializers.ModelSerializer):
             "quantity",
             "unit_price",
             "status",
+            "closed",
             "expires_at",
         ]
 
@@ -65,6 +66,10 @@ class HoldCreateApi(APIView):
         order_id = serializers.CharField(max_length=64)
         show_id = serializers.IntegerField(min_value=1, max_value=2**31 - 1)
         quantity = serializers.IntegerField(min_value=1, max_value=MAX_SEATS_PER_ORDER)
+        rehold = serializers.BooleanField(required=False, default=False)
+
+        class Meta:
+            ref_name = "HoldCreateInput"
 
     @extend_schema(
         request=InputSerializer, responses={201: HoldOutputSerializer, 200: HoldOutputSerializer}
@@ -94,9 +99,17 @@ class HoldConfirmApi(APIView):
 
 
 class HoldReleaseApi(APIView):
-    @extend_schema(request=None, responses=HoldOutputSerializer)
+    class InputSerializer(serializers.Serializer):
+        final = serializers.BooleanField(required=False, default=False)
+
+        class Meta:
+            ref_name = "HoldReleaseInput"
+
+    @extend_schema(request=InputSerializer, responses=HoldOutputSerializer)
     def post(self, request, order_id: str):
-        hold = services.hold_release(order_id=order_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        hold = services.hold_release(order_id=order_id, **data.validated_data)
         if hold is None:
             return Response({"order_id": order_id, "status": "absent"})
         return Response(HoldOutputSerializer(selectors.hold_get(order_id=order_id)).data)

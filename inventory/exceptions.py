@@ -36,3 +36,9 @@ class HoldConfirmed(APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "hold_confirmed"
     default_detail = "The seats of this order are sold and cannot be released."
+
+
+class HoldClosed(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "hold_closed"
+    default_detail = "The order of this hold released it for good; it cannot be held again."

@@ -51,6 +51,9 @@ class SeatHold(models.Model):
     show = models.ForeignKey(Show, on_delete=models.PROTECT, related_name="holds")
     quantity = models.PositiveIntegerField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.HELD)
+    # Released for good by the order's own final word (the order failed): never held again.
+    # A hold released because it expired may be held again for its order (``rehold``).
+    closed = models.BooleanField(default=False)
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -10,7 +10,7 @@ from notifications.models import Notification
 class NotificationOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Notification
-        fields = ["id", "order_id", "kind", "email", "subject", "sent_at"]
+        fields = ["id", "order_id", "kind", "email", "subject", "message_id", "status", "sent_at"]
 
 
 class NotificationApi(APIView):

@@ -19,6 +19,8 @@ class OrderInProgress(APIException):
 
 
 class OrderOutputSerializer(serializers.ModelSerializer):
+    refunded = serializers.BooleanField(read_only=True)
+
     class Meta:
         model = Order
         fields = [
@@ -31,6 +33,7 @@ class OrderOutputSerializer(serializers.ModelSerializer):
             "amount",
             "currency",
             "failure_code",
+            "refunded",
             "created_at",
             "updated_at",
         ]

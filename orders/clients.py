@@ -10,6 +10,7 @@ from booking.clients import service
 class Hold:
     show_title: str
     unit_price: Decimal
+    status: str  # held, confirmed or released
 
 
 class SeatsUnavailable(Exception):
@@ -24,8 +25,20 @@ class CardDeclined(Exception):
     pass
 
 
+class ChargeCancelled(Exception):
+    """The charge key was cancelled (by ``payments_cancel``): nothing was or will be charged."""
+
+
+class ChargeRejected(Exception):
+    """Payments refused the charge request itself (a 4xx other than a decline)."""
+
+
 class HoldReleased(Exception):
     pass
+
+
+class HoldClosed(Exception):
+    """The order's hold was released for good (the order failed): it cannot be held again."""
 
 
 class UnexpectedAnswer(Exception):
@@ -39,20 +52,27 @@ def _unexpected(response):
     )
 
 
-def inventory_hold(*, order_id: str, show_id: int, quantity: int) -> Hold:
+def inventory_hold(*, order_id: str, show_id: int, quantity: int, rehold: bool = False) -> Hold:
+    """The order's hold, renewed if held; ``rehold``: held again if it expired (seats left)."""
     response = service("inventory").post(
         "/api/holds/",
-        json={"order_id": order_id, "show_id": show_id, "quantity": quantity},
+        json={"order_id": order_id, "show_id": show_id, "quantity": quantity, "rehold": rehold},
         idempotency_key=f"hold-{order_id}",
     )
     if response.status_code in (200, 201):
         body = response.json()
-        return Hold(show_title=body["show_title"], unit_price=Decimal(body["unit_price"]))
+        return Hold(
+            show_title=body["show_title"],
+            unit_price=Decimal(body["unit_price"]),
+            status=body["status"],
+        )
     code = _code(response)
     if response.status_code == 404:
         raise ShowNotFound()
     if response.status_code == 409 and code == "seats_unavailable":
         raise SeatsUnavailable()
+    if response.status_code == 409 and code == "hold_closed":
+        raise HoldClosed()
     raise _unexpected(response)
 
 
@@ -62,14 +82,17 @@ def inventory_confirm(*, order_id: str) -> None:
     )
     if response.status_code == 200:
         return
-    if response.status_code == 409:
+    if response.status_code == 409 and _code(response) == "hold_released":
         raise HoldReleased()
     raise _unexpected(response)
 
 
-def inventory_release(*, order_id: str) -> None:
+def inventory_release(*, order_id: str, final: bool = False) -> None:
+    """Give the order's seats back (``final``: for good, the order failed); a no-op if none."""
     response = service("inventory").post(
-        f"/api/holds/{order_id}/release/", idempotency_key=f"release-{order_id}"
+        f"/api/holds/{order_id}/release/",
+        json={"final": final},
+        idempotency_key=f"release-{order_id}",
     )
     if response.status_code != 200:
         raise _unexpected(response)
@@ -78,7 +101,8 @@ def inventory_release(*, order_id: str) -> None:
 def payments_charge(
     *, idempotency_key: str, order_id: str, amount: Decimal, currency: str, card_token: str
 ) -> int:
-    """The charge id; ``CardDeclined`` for a business refusal; ``ResilienceError`` if unavailable."""
+    """The charge id; ``CardDeclined``, ``ChargeCancelled`` or ``ChargeRejected`` for an answer
+    that is final; ``ResilienceError``/``UnexpectedAnswer`` if it cannot be known now."""
     response = service("payments").post(
         "/api/charges/",
         json={
@@ -93,22 +117,57 @@ def payments_charge(
         return response.json()["id"]
     if response.status_code == 402:
         raise CardDeclined()
+    if response.status_code == 410:
+        raise ChargeCancelled()
+    if response.status_code in (400, 422):
+        raise ChargeRejected(f"{response.status_code}: {response.text[:200]}")
+    raise _unexpected(response)  # 409: a request under this key is still in flight
+
+
+@dataclass(frozen=True)
+class ChargeOutcome:
+    state: str  # cancelled (nothing charged, ever), charged, declined
+    charge_id: int | None
+
+
+def payments_cancel(*, idempotency_key: str) -> ChargeOutcome:
+    """Whether the charge under ``idempotency_key`` happened; if not, it never will."""
+    response = service("payments").post(
+        "/api/charges/cancel/",
+        json={"idempotency_key": idempotency_key},
+        idempotency_key=f"cancel-{idempotency_key}",
+    )
+    if response.status_code == 200:
+        body = response.json()
+        return ChargeOutcome(body["state"], (body.get("charge") or {}).get("id"))
+    raise _unexpected(response)  # 409: still in flight; ask again later
+
+
+def payments_refund(*, idempotency_key: str, charge_id: int, reason: str) -> int:
+    """The refund id (the same for every repeat of the key)."""
+    response = service("payments").post(
+        "/api/refunds/",
+        json={"charge_id": charge_id, "reason": reason},
+        idempotency_key=idempotency_key,
+    )
+    if response.status_code in (200, 201):
+        return response.json()["id"]
     raise _unexpected(response)
 
 
-def notifications_send(*, order) -> None:
+def notifications_send(*, order, kind: str = "order_confirmed") -> None:
     response = service("notifications").post(
         "/api/notifications/",
         json={
             "order_id": str(order.id),
-            "kind": "order_confirmed",
+            "kind": kind,
             "email": order.email,
             "show_title": order.show_title,
             "quantity": order.quantity,
             "amount": str(order.amount),
             "currency": order.currency,
         },
-        idempotency_key=f"notify-{order.id}",
+        idempotency_key=f"notify-{order.id}-{kind}",
     )
     if response.status_code not in (200, 201):
         raise _unexpected(response)

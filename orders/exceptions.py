@@ -23,7 +23,13 @@ class ShowNotFound(APIException):
 class InventoryUnavailable(APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "inventory_unavailable"
-    default_detail = "Seats cannot be reserved right now. Nothing was charged; retry with the same Idempotency-Key."
+    default_detail = (
+        "Seats cannot be reserved right now. Nothing was charged. The order is kept: send the "
+        "same request again, with the same Idempotency-Key, to place it."
+    )
+    # Not a failure of orders: the gateway passes it on and its breaker ignores it.
+    dependency = "inventory"
+    retry_after = 2
 
     def __init__(self, order_id):
         super().__init__()

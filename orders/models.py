@@ -1,14 +1,20 @@
 import uuid
 
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 
 
 class Order(models.Model):
+    """An order and where it is in its life; ``orders.lifecycle`` says how it may move."""
+
     class Status(models.TextChoices):
-        PENDING = "pending"  # being placed right now
-        CONFIRMED = "confirmed"
-        PAYMENT_PENDING = "payment_pending"  # seats held, the worker retries the charge
-        FAILED = "failed"
+        PENDING = "pending"  # being placed: nothing charged, nothing intended yet
+        PAYMENT_PENDING = "payment_pending"  # seats held, the charge intended (maybe made)
+        PAID = "paid"  # charged; its seats are being sold to it
+        CONFIRMED = "confirmed"  # charged and its seats sold
+        REFUNDING = "refunding"  # charged, but its seats could not be had: being refunded
+        FAILED = "failed"  # nothing charged, or the charge refunded
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # The client's Idempotency-Key: the same key always means the same order.
@@ -22,15 +28,18 @@ class Order(models.Model):
     amount = models.DecimalField(max_digits=10, decimal_places=2, null=True)
     currency = models.CharField(max_length=3, default="EUR")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    # A pending order is being placed by one request until then; a replay after it (or after
+    # the request gave up on inventory and cleared it) places it again.
+    placing_until = models.DateTimeField(null=True)
     failure_code = models.CharField(max_length=64, blank=True)
     charge_id = models.PositiveBigIntegerField(null=True)
+    refund_id = models.PositiveBigIntegerField(null=True)
     payment_attempts = models.PositiveIntegerField(default=0)
-    # What is left to do after the answer: each flag is cleared by the step that did it.
-    seats_held = models.BooleanField(default=False)
-    seats_confirmed = models.BooleanField(default=False)
-    seats_released = models.BooleanField(default=False)
-    notified = models.BooleanField(default=False)
-    booking_recorded = models.BooleanField(default=False)
+    # What is left to do in a final state: each flag is set by the step that did it.
+    seats_released = models.BooleanField(default=False)  # failed: its hold released for good
+    notified = models.BooleanField(default=False)  # confirmed: tickets e-mailed; refunded: told
+    booking_recorded = models.BooleanField(default=False)  # confirmed: told recommendations
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -47,10 +56,40 @@ class Order(models.Model):
         return f"order-{self.id}-charge"
 
     @property
+    def refund_idempotency_key(self) -> str:
+        return f"order-{self.id}-refund"
+
+    @property
+    def refunded(self) -> bool:
+        return self.refund_id is not None
+
+    @property
     def settled(self) -> bool:
-        """Nothing left to do for this order."""
-        if self.status == self.Status.CONFIRMED:
-            return self.seats_confirmed and self.notified and self.booking_recorded
-        if self.status == self.Status.FAILED:
-            return not self.seats_held or self.seats_released
+        """Nothing left to do for this order (``SETTLED`` below, in Python)."""
+        if self.status == Order.Status.CONFIRMED:
+            return self.notified and self.booking_recorded
+        if self.status == Order.Status.FAILED:
+            return self.seats_released and (self.refund_id is None or self.notified)
         return False
+
+
+Status = Order.Status
+
+# Orders with nothing left to do, as a query: the reconciler drives every order outside it.
+SETTLED = Q(status=Status.CONFIRMED, notified=True, booking_recorded=True) | Q(
+    Q(refund_id__isnull=True) | Q(notified=True), status=Status.FAILED, seats_released=True
+)
+
+
+class WorkerHeartbeat(models.Model):
+    """A task worker that is alive: it writes ``beat_at`` every few seconds. A RUNNING task
+    whose worker stopped beating was left by a dead worker (django-tasks-db issue #5)."""
+
+    worker_id = models.CharField(max_length=64, primary_key=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(auto_now_add=True)
+    beat_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"worker {self.worker_id} (last beat {self.beat_at:%H:%M:%S})"

@@ -1,10 +1,15 @@
-"""The booking flow. Every step is idempotent and leaves a mark on the order, so that the
-request, a retry of it, and the worker can each drive an order forward without doing
-anything twice: seats are held per order, the charge uses a key derived from the order, and
-confirm/release/notify are idempotent at the other end.
+"""The booking flow, driven by the request that places an order and by the worker that settles
+it, each through the transitions of ``orders.lifecycle``.
 
-An order answers ``confirmed``, ``payment_pending`` (seats held, the worker retries the
-charge with the same key) or ``failed``; it is never reported paid unless payments said so.
+Each pass looks at the state the order is in and does what that state needs next. Every call
+to another service is idempotent per order, so a pass can be repeated, by any driver, after a
+crash at any line; every state change is a conditional update, and a driver that lost it stops
+and leaves the order to the winner.
+
+An order answers ``confirmed``, ``payment_pending`` (seats held, the worker retries the charge
+with the same key), ``paid`` (charged, seats being sold to it), ``refunding`` or ``failed``
+(nothing charged, or refunded); it is never reported paid unless payments said so, and never
+"nothing charged" unless that is known.
 """
 
 import hashlib
@@ -14,15 +19,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from orders import clients
-from orders.exceptions import (
-    IdempotencyKeyReused,
-    InventoryUnavailable,
-    ShowNotFound,
-)
+from orders.exceptions import IdempotencyKeyReused, InventoryUnavailable, ShowNotFound
+from orders.lifecycle import REQUEST, WORKER, Driver, mark, transition
 from orders.models import Order
 from resilience.exceptions import ResilienceError
 
@@ -37,17 +39,34 @@ class OrderInProgress(Exception):
     """A request with the same Idempotency-Key is placing this order right now."""
 
 
+class NotNow(Exception):
+    """A step could not be done now (a service did not answer): the worker tries again later."""
+
+
 def request_fingerprint(**fields) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _age(since) -> float:
+    return (timezone.now() - since).total_seconds()
+
+
+# -- the request -------------------------------------------------------------------------------------
 
 
 def order_place(
     *, idempotency_key: str, show_id: int, quantity: int, email: str, card_token: str
 ) -> tuple[Order, bool]:
-    """Place an order, or return the one placed under this key. ``(order, created)``."""
+    """Place an order, or return the one placed under this key. ``(order, created)``.
+
+    ``InventoryUnavailable`` (503) when the seats could not be held: the order is kept,
+    nothing was charged, and the same key places it again. ``OrderInProgress`` (409) while
+    another request is placing it.
+    """
     digest = request_fingerprint(
         show_id=show_id, quantity=quantity, email=email, card_token=card_token
     )
+    lease = timedelta(seconds=settings.ORDERS_SAFETY_NET_DELAY)
     try:
         with transaction.atomic():
             order = Order.objects.create(
@@ -57,63 +76,118 @@ def order_place(
                 quantity=quantity,
                 email=email,
                 card_token=card_token,
+                placing_until=timezone.now() + lease,
             )
-            # In the same transaction: if this process dies mid-flow, the worker finishes it.
-            _schedule(order, delay=settings.ORDERS_SAFETY_NET_DELAY)
+            # In the same transaction: some task owns the order from its first moment.
+            schedule(order, delay=settings.ORDERS_SAFETY_NET_DELAY)
+        created = True
     except IntegrityError:
         order = Order.objects.get(idempotency_key=idempotency_key)
         if order.request_fingerprint != digest:
             raise IdempotencyKeyReused() from None
-        if order.status == Status.PENDING:
-            raise OrderInProgress() from None
-        _raise_for_failure(order)
-        return order, False
-    _place(order)
-    order.refresh_from_db()
-    if not order.settled:
-        # One task per request; the task reschedules itself until the order is settled.
-        _schedule(
-            order,
-            delay=0 if order.status == Status.CONFIRMED else settings.ORDERS_SETTLE_BACKOFF[0],
+        if order.status != Status.PENDING:
+            _raise_for_failure(order)
+            return order, False
+        # Its first request is gone, or gave up on inventory: this one places it again, if
+        # no other request is doing so (a conditional update on the placing lease).
+        now = timezone.now()
+        taken = (
+            Order.objects.filter(pk=order.pk, status=Status.PENDING)
+            .filter(Q(placing_until__isnull=True) | Q(placing_until__lt=now))
+            .update(placing_until=now + lease)
         )
+        if not taken:
+            raise OrderInProgress() from None
+        created = False
+    drive(order, by=REQUEST)
+    if order.status == Status.PENDING:
+        # Nobody is placing it now: a replay may, at once.
+        Order.objects.filter(pk=order.pk, status=Status.PENDING).update(placing_until=None)
+        raise InventoryUnavailable(order.id)
+    if not order.settled:
+        schedule(order, delay=0 if order.status != Status.PAYMENT_PENDING else None)
     _raise_for_failure(order)
-    return order, True
+    return order, created
 
 
 def _raise_for_failure(order: Order) -> None:
-    if order.status != Status.FAILED:
-        return
-    if order.failure_code == "show_not_found":
+    if order.status == Status.FAILED and order.failure_code == "show_not_found":
         raise ShowNotFound()
-    if order.failure_code == "inventory_unavailable":
-        raise InventoryUnavailable(order.id)
 
 
-def _place(order: Order) -> None:
+# -- one pass of a driver ---------------------------------------------------------------------------
+
+
+def drive(order: Order, *, by: Driver) -> None:
+    """Do what the order's state needs next, as far as it goes now.
+
+    ``NotNow`` (from the worker) when a step could not be done and should be tried again.
+    """
+    order.refresh_from_db()
+    if order.status == Status.PENDING:
+        _hold_seats(order, by=by)
+    if order.status == Status.PAYMENT_PENDING:
+        _charge(order, by=by)
+    if order.status == Status.PAID:
+        _sell_seats(order, by=by)
+    if order.status == Status.REFUNDING and by == WORKER:
+        _refund(order)
+    if order.status == Status.CONFIRMED:
+        _after_confirmed(order, by=by)
+    if order.status == Status.FAILED:
+        _after_failed(order, by=by)
+
+
+def _hold_seats(order: Order, *, by: Driver) -> None:
+    if by == WORKER:
+        # A pending order belongs to its request (and to replays of it): the worker never
+        # starts a charge nobody asked for. It only ends one that was abandoned.
+        if _age(order.created_at) >= settings.ORDERS_PENDING_MAX_AGE:
+            _fail(order, "abandoned", by=by)
+        return
     try:
         hold = clients.inventory_hold(
-            order_id=str(order.id), show_id=order.show_id, quantity=order.quantity
+            order_id=str(order.id), show_id=order.show_id, quantity=order.quantity, rehold=True
         )
     except clients.ShowNotFound:
-        _fail(order, "show_not_found")
+        _fail(order, "show_not_found", by=by)
         return
-    except clients.SeatsUnavailable:
-        _fail(order, "seats_unavailable")
+    except (clients.SeatsUnavailable, clients.HoldClosed):
+        _fail(order, "seats_unavailable", by=by)
         return
     except UNAVAILABLE as exc:
-        # The hold may have landed before the answer was lost: mark it for release.
+        # The hold may have landed before its answer was lost: the order stays pending (its
+        # seats held or not), a replay places it again, and after ORDERS_PENDING_MAX_AGE the
+        # worker fails it and gives any seats back.
         logger.warning("order %s: inventory unavailable: %s", order.id, exc)
-        _fail(order, "inventory_unavailable", seats_maybe_held=True)
         return
-    order.show_title = hold.show_title
-    order.amount = hold.unit_price * order.quantity
-    order.seats_held = True
-    order.save(update_fields=["show_title", "amount", "seats_held", "updated_at"])
-    charge(order)
+    transition(
+        order,
+        Status.PAYMENT_PENDING,
+        by=by,
+        show_title=hold.show_title,
+        amount=hold.unit_price * order.quantity,
+    )
 
 
-def charge(order: Order) -> None:
-    """Charge the order with its own idempotency key; confirm, fail, or leave it payment pending."""
+def _charge(order: Order, *, by: Driver) -> None:
+    if by == WORKER:
+        if _age(order.status_changed_at) >= settings.ORDERS_PAYMENT_PENDING_MAX_AGE:
+            _settle_the_charge(order, by=by, failure_code="payment_expired")
+            return
+        # Never charge against a hold that is gone: renew it (held again if it expired).
+        try:
+            clients.inventory_hold(
+                order_id=str(order.id),
+                show_id=order.show_id,
+                quantity=order.quantity,
+                rehold=True,
+            )
+        except (clients.SeatsUnavailable, clients.HoldClosed):
+            _settle_the_charge(order, by=by, failure_code="seats_unavailable")
+            return
+        except UNAVAILABLE as exc:
+            raise NotNow(f"inventory: {exc}") from exc
     Order.objects.filter(pk=order.pk).update(payment_attempts=F("payment_attempts") + 1)
     try:
         charge_id = clients.payments_charge(
@@ -124,100 +198,142 @@ def charge(order: Order) -> None:
             card_token=order.card_token,
         )
     except clients.CardDeclined:
-        _fail(order, "card_declined")
-        release_seats(order)
-        return
+        _fail(order, "card_declined", by=by)
+    except clients.ChargeCancelled:
+        _fail(order, "payment_cancelled", by=by)
+    except clients.ChargeRejected as exc:
+        logger.error("order %s: payments refused the charge request: %s", order.id, exc)
+        _settle_the_charge(order, by=by, failure_code="payment_refused")
     except UNAVAILABLE as exc:
         logger.warning("order %s: payment unavailable, pending: %s", order.id, exc)
-        _move(order, Status.PAYMENT_PENDING, from_states=(Status.PENDING, Status.PAYMENT_PENDING))
-        return
-    order.charge_id = charge_id
-    Order.objects.filter(pk=order.pk).update(charge_id=charge_id)
-    _move(order, Status.CONFIRMED, from_states=(Status.PENDING, Status.PAYMENT_PENDING))
-    finish_confirmed(order)
+        if by == WORKER:
+            raise NotNow(f"payments: {exc}") from exc
+    else:
+        transition(order, Status.PAID, by=by, charge_id=charge_id)
 
 
-def finish_confirmed(order: Order) -> None:
-    """Sell the held seats and send the confirmation; whatever fails is left for the worker."""
-    if not order.seats_confirmed:
+def _settle_the_charge(order: Order, *, by: Driver, failure_code: str) -> None:
+    """Ask payments, under the charge key, whether the charge happened, and make sure a late
+    request can never make it happen: paid if it did, else failed with ``failure_code``
+    (nothing charged: that is known now)."""
+    try:
+        outcome = clients.payments_cancel(idempotency_key=order.charge_idempotency_key)
+    except UNAVAILABLE as exc:
+        raise NotNow(f"payments (cancel): {exc}") from exc
+    logger.warning("order %s (%s): payments says %s", order.id, failure_code, outcome.state)
+    if outcome.state == "charged":
+        transition(order, Status.PAID, by=by, charge_id=outcome.charge_id)
+    elif outcome.state == "declined":
+        _fail(order, "card_declined", by=by)
+    else:
+        _fail(order, failure_code, by=by)
+
+
+def _sell_seats(order: Order, *, by: Driver) -> None:
+    order_id = str(order.id)
+    try:
         try:
-            clients.inventory_confirm(order_id=str(order.id))
+            clients.inventory_confirm(order_id=order_id)
         except clients.HoldReleased:
-            # Paid, but the hold expired and was released: needs a person (refund or re-seat).
-            logger.error("order %s is paid but its seats were released", order.id)
-        except UNAVAILABLE as exc:
-            logger.warning("order %s: seats not confirmed yet: %s", order.id, exc)
-        else:
-            _flag(order, seats_confirmed=True)
+            # The hold expired before the seats were sold: hold them again if any are left.
+            clients.inventory_hold(
+                order_id=order_id, show_id=order.show_id, quantity=order.quantity, rehold=True
+            )
+            clients.inventory_confirm(order_id=order_id)
+    except (clients.SeatsUnavailable, clients.HoldClosed, clients.HoldReleased):
+        logger.error("order %s is paid but its seats are gone: refunding it", order.id)
+        if transition(order, Status.REFUNDING, by=by) and by == WORKER:
+            _refund(order)
+        return
+    except UNAVAILABLE as exc:
+        logger.warning("order %s: seats not sold yet: %s", order.id, exc)
+        if by == WORKER:
+            raise NotNow(f"inventory: {exc}") from exc
+        return
+    transition(order, Status.CONFIRMED, by=by)
+
+
+def _refund(order: Order) -> None:
+    try:
+        refund_id = clients.payments_refund(
+            idempotency_key=order.refund_idempotency_key,
+            charge_id=order.charge_id,
+            reason="seats_unavailable",
+        )
+    except UNAVAILABLE as exc:
+        raise NotNow(f"payments (refund): {exc}") from exc
+    transition(
+        order, Status.FAILED, by=WORKER, refund_id=refund_id, failure_code="seats_unavailable"
+    )
+
+
+def _fail(order: Order, code: str, *, by: Driver) -> None:
+    if transition(order, Status.FAILED, by=by, failure_code=code):
+        _after_failed(order, by=by)
+
+
+def _after_confirmed(order: Order, *, by: Driver) -> None:
+    """Tickets by e-mail (the request tries once; the worker until it is done) and the booking
+    for recommendations (the worker only: nobody waits for it)."""
     if not order.notified:
         try:
             clients.notifications_send(order=order)
         except UNAVAILABLE as exc:
             logger.warning("order %s: notification left for the worker: %s", order.id, exc)
+            if by == WORKER:
+                raise NotNow(f"notifications: {exc}") from exc
         else:
-            _flag(order, notified=True)
-
-
-def release_seats(order: Order) -> None:
-    try:
-        clients.inventory_release(order_id=str(order.id))
-    except UNAVAILABLE as exc:
-        logger.warning("order %s: seats not released yet: %s", order.id, exc)
-    else:
-        _flag(order, seats_released=True)
-
-
-def order_settle(order: Order) -> None:
-    """One pass of the worker over an order: do whatever is left. Raises when a step could not."""
-    order.refresh_from_db()
-    if order.status in (Status.PENDING, Status.PAYMENT_PENDING):
-        if order.amount is None:
-            _place(order)
-        else:
-            # Renew the hold (idempotent per order), then try the charge again with the same key.
-            clients.inventory_hold(
-                order_id=str(order.id), show_id=order.show_id, quantity=order.quantity
-            )
-            charge(order)
-        order.refresh_from_db()
-    if order.status == Status.CONFIRMED:
-        finish_confirmed(order)
-        if not order.booking_recorded:
+            mark(order, notified=True)
+    if by == WORKER and not order.booking_recorded:
+        try:
             clients.recommendations_record(order=order)
-            _flag(order, booking_recorded=True)
-    if order.status == Status.FAILED and order.seats_held and not order.seats_released:
-        clients.inventory_release(order_id=str(order.id))
-        _flag(order, seats_released=True)
+        except UNAVAILABLE as exc:
+            raise NotNow(f"recommendations: {exc}") from exc
+        mark(order, booking_recorded=True)
 
 
-def _fail(order: Order, code: str, *, seats_maybe_held: bool = False) -> None:
-    updates = {"failure_code": code}
-    if seats_maybe_held:
-        updates["seats_held"] = True
-    Order.objects.filter(pk=order.pk).update(**updates)
-    for key, value in updates.items():
-        setattr(order, key, value)
-    _move(order, Status.FAILED, from_states=(Status.PENDING, Status.PAYMENT_PENDING))
+def _after_failed(order: Order, *, by: Driver) -> None:
+    """Seats back for good; a customer whose money was refunded is told."""
+    if not order.seats_released:
+        try:
+            clients.inventory_release(order_id=str(order.id), final=True)
+        except UNAVAILABLE as exc:
+            logger.warning("order %s: seats not released yet: %s", order.id, exc)
+            if by == WORKER:
+                raise NotNow(f"inventory (release): {exc}") from exc
+        else:
+            mark(order, seats_released=True)
+    if order.refunded and not order.notified:
+        try:
+            clients.notifications_send(order=order, kind="order_refunded")
+        except UNAVAILABLE as exc:
+            if by == WORKER:
+                raise NotNow(f"notifications: {exc}") from exc
+        else:
+            mark(order, notified=True)
 
 
-def _move(order: Order, status: str, *, from_states) -> bool:
-    """Change status only from the expected states, so the request and the worker cannot clash."""
-    moved = Order.objects.filter(pk=order.pk, status__in=from_states).update(
-        status=status, updated_at=timezone.now()
-    )
-    order.refresh_from_db()
-    return bool(moved)
+# -- the worker's queue -----------------------------------------------------------------------------
 
 
-def _flag(order: Order, **flags: bool) -> None:
-    Order.objects.filter(pk=order.pk).update(**flags, updated_at=timezone.now())
-    for key, value in flags.items():
-        setattr(order, key, value)
+def next_check(order: Order, attempt: int) -> float:
+    """Seconds until the worker should look at ``order`` again after ``attempt`` passes."""
+    initial, cap = settings.ORDERS_SETTLE_BACKOFF
+    delay = min(cap, initial * 2**attempt)
+    if order.status == Status.PENDING:
+        # Nothing to do for a pending order until its request is surely gone.
+        until = settings.ORDERS_PENDING_MAX_AGE - _age(order.created_at)
+        delay = max(delay, until)
+    return max(0.0, delay)
 
 
-def _schedule(order: Order, *, delay: float) -> None:
+def schedule(order: Order, *, delay: float | None, attempt: int = 0) -> None:
+    """Queue a pass of the worker over ``order`` in ``delay`` seconds (``None``: the backoff
+    of ``attempt``)."""
     from orders.tasks import settle_order
 
+    if delay is None:
+        delay = settings.ORDERS_SETTLE_BACKOFF[0]
     run_after = timezone.now() + timedelta(seconds=delay) if delay else None
     task = settle_order.using(run_after=run_after) if run_after else settle_order
-    task.enqueue(str(order.id), 0)
+    task.enqueue(str(order.id), attempt)

@@ -18,3 +18,15 @@ class RequestInFlight(APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "request_in_flight"
     default_detail = "A request with this Idempotency-Key is still being processed."
+
+
+class ChargeNotFound(APIException):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_code = "charge_not_found"
+    default_detail = "No charge with that id."
+
+
+class ChargeNotRefundable(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "charge_not_refundable"
+    default_detail = "Only a succeeded charge can be refunded."

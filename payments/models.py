@@ -40,3 +40,19 @@ class Charge(models.Model):
 
     def __str__(self) -> str:
         return f"charge {self.pk} {self.amount} {self.currency} ({self.status})"
+
+
+class Refund(models.Model):
+    """A charge given back, once: one refund per charge, one per Idempotency-Key."""
+
+    charge = models.OneToOneField(Charge, on_delete=models.PROTECT, related_name="refund")
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    amount = models.DecimalField(max_digits=10, decimal_places=2)
+    reason = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"refund of charge {self.charge_id} ({self.amount})"

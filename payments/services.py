@@ -1,10 +1,19 @@
-"""Charges with Stripe-style idempotency keys.
+"""Charges with Stripe-style idempotency keys, their refunds, and cancelling a key for good.
 
 The first request under a key inserts an ``IdempotencyRecord`` (unique key), does the work,
 and stores its answer on the record. A repeat with the same body gets the stored answer; a
 repeat with a different body is a 422; a repeat while the first is still working is a 409.
 The unique constraints on the record and on ``Charge.idempotency_key`` make the database the
 judge, so concurrent workers cannot charge twice.
+
+A charge and its answer commit together: a process killed after the commit leaves a
+completed record (a repeat replays it), one killed before leaves an in-flight record and no
+charge, which a later request takes over once ``PAYMENTS_IN_FLIGHT_LEASE`` has passed.
+
+``charge_cancel`` answers, for good, whether a key ever charged: it completes a key that has
+no charge with a "cancelled" answer, which every later charge request under that key gets.
+That is how a caller that lost track of a charge (its request timed out, its process died)
+learns the truth and makes sure a late request cannot charge after it gave up.
 """
 
 import hashlib
@@ -19,12 +28,21 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from payments.exceptions import IdempotencyKeyReused, RequestInFlight
-from payments.models import Charge, IdempotencyRecord
+from payments.exceptions import (
+    ChargeNotFound,
+    ChargeNotRefundable,
+    IdempotencyKeyReused,
+    RequestInFlight,
+)
+from payments.models import Charge, IdempotencyRecord, Refund
 
 DECLINED_TOKEN = "tok_decline"
-# A record left in flight longer than this was abandoned by a crashed worker: take it over.
-IN_FLIGHT_LEASE = timedelta(seconds=120)
+# The fingerprint of a key completed by charge_cancel: no charge body ever has it.
+CANCELLED = "cancelled"
+CANCELLED_ANSWER = (
+    410,
+    {"code": "charge_cancelled", "message": "This charge was cancelled: nothing was charged."},
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,21 @@ def fingerprint(payload: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _in_flight_lease() -> timedelta:
+    """A record left in flight longer than this was abandoned by a crashed process."""
+    return timedelta(seconds=settings.PAYMENTS_IN_FLIGHT_LEASE)
+
+
+def _take_over(record: IdempotencyRecord) -> bool:
+    """Whether this request takes over a record abandoned in flight (a conditional update)."""
+    stale = timezone.now() - _in_flight_lease()
+    return bool(
+        IdempotencyRecord.objects.filter(
+            pk=record.pk, state=IdempotencyRecord.State.IN_FLIGHT, updated_at__lt=stale
+        ).update(updated_at=timezone.now())
+    )
+
+
 def _claim(key: str, digest: str) -> IdempotencyRecord | ChargeResult:
     """The record to work under, or the stored answer of an earlier request."""
     try:
@@ -47,14 +80,13 @@ def _claim(key: str, digest: str) -> IdempotencyRecord | ChargeResult:
     except IntegrityError:
         pass
     record = IdempotencyRecord.objects.get(key=key)
+    if record.fingerprint == CANCELLED:
+        return ChargeResult(*CANCELLED_ANSWER, replayed=True)
     if record.fingerprint != digest:
         raise IdempotencyKeyReused()
     if record.state == IdempotencyRecord.State.COMPLETED:
         return ChargeResult(record.response_status, record.response_body, replayed=True)
-    stale = timezone.now() - IN_FLIGHT_LEASE
-    if IdempotencyRecord.objects.filter(
-        pk=record.pk, state=IdempotencyRecord.State.IN_FLIGHT, updated_at__lt=stale
-    ).update(updated_at=timezone.now()):
+    if _take_over(record):
         return record
     raise RequestInFlight()
 
@@ -85,6 +117,17 @@ def charge_create(
         _process(amount=amount, card_token=card_token)
         declined = card_token == DECLINED_TOKEN
         with transaction.atomic():
+            # The record is completed in the same transaction as the charge, and only if it is
+            # still ours: a cancel that took it over meanwhile wins, and nothing is charged.
+            completed = IdempotencyRecord.objects.filter(
+                pk=record.pk, state=IdempotencyRecord.State.IN_FLIGHT, fingerprint=digest
+            ).update(state=IdempotencyRecord.State.COMPLETED, updated_at=timezone.now())
+            if not completed:
+                transaction.set_rollback(True)
+                record.refresh_from_db()
+                if record.fingerprint == CANCELLED:
+                    return ChargeResult(*CANCELLED_ANSWER, replayed=True)
+                return ChargeResult(record.response_status, record.response_body, replayed=True)
             charge, _ = Charge.objects.get_or_create(
                 idempotency_key=idempotency_key,
                 defaults={
@@ -106,9 +149,9 @@ def charge_create(
                 )
             else:
                 status, body = 201, charge_as_dict(charge)
-            record.state = IdempotencyRecord.State.COMPLETED
-            record.response_status, record.response_body = status, body
-            record.save(update_fields=["state", "response_status", "response_body", "updated_at"])
+            IdempotencyRecord.objects.filter(pk=record.pk).update(
+                response_status=status, response_body=body
+            )
     except BaseException:
         # Nothing was charged (the charge and the record commit together): free the key.
         IdempotencyRecord.objects.filter(
@@ -116,6 +159,78 @@ def charge_create(
         ).delete()
         raise
     return ChargeResult(status, body, replayed=False)
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    state: str  # "cancelled", "charged" or "declined"
+    charge: dict | None = None
+
+
+def charge_cancel(*, idempotency_key: str) -> CancelResult:
+    """Whether the charge under ``idempotency_key`` happened; if it did not, it never will.
+
+    ``RequestInFlight`` while a charge under the key is still being processed (ask again).
+    """
+    try:
+        with transaction.atomic():
+            IdempotencyRecord.objects.create(
+                key=idempotency_key,
+                fingerprint=CANCELLED,
+                state=IdempotencyRecord.State.COMPLETED,
+                response_status=CANCELLED_ANSWER[0],
+                response_body=CANCELLED_ANSWER[1],
+            )
+            return CancelResult("cancelled")
+    except IntegrityError:
+        pass
+    record = IdempotencyRecord.objects.get(key=idempotency_key)
+    if record.fingerprint == CANCELLED:
+        return CancelResult("cancelled")
+    if record.state == IdempotencyRecord.State.IN_FLIGHT:
+        stale = timezone.now() - _in_flight_lease()
+        # An abandoned request charged nothing (its charge would have completed the record).
+        if IdempotencyRecord.objects.filter(
+            pk=record.pk, state=IdempotencyRecord.State.IN_FLIGHT, updated_at__lt=stale
+        ).update(
+            fingerprint=CANCELLED,
+            state=IdempotencyRecord.State.COMPLETED,
+            response_status=CANCELLED_ANSWER[0],
+            response_body=CANCELLED_ANSWER[1],
+            updated_at=timezone.now(),
+        ):
+            return CancelResult("cancelled")
+        raise RequestInFlight()
+    charge = Charge.objects.filter(idempotency_key=idempotency_key).first()
+    if charge is None:  # a completed record without a charge: an error answer was stored
+        return CancelResult("cancelled")
+    state = "charged" if charge.status == Charge.Status.SUCCEEDED else "declined"
+    return CancelResult(state, charge_as_dict(charge))
+
+
+def refund_create(*, idempotency_key: str, charge_id: int, reason: str = "") -> tuple[Refund, bool]:
+    """Give a succeeded charge back in full: ``(refund, created)``; a repeat returns the first."""
+    existing = Refund.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        if existing.charge_id != charge_id:
+            raise IdempotencyKeyReused()
+        return existing, False
+    charge = Charge.objects.filter(pk=charge_id).first()
+    if charge is None:
+        raise ChargeNotFound()
+    if charge.status != Charge.Status.SUCCEEDED:
+        raise ChargeNotRefundable()
+    try:
+        with transaction.atomic():
+            refund = Refund.objects.create(
+                charge=charge, idempotency_key=idempotency_key, amount=charge.amount, reason=reason
+            )
+    except IntegrityError:
+        # A racing request under this key, or an earlier refund of the charge under another
+        # key: either way the charge is given back once.
+        refund = Refund.objects.filter(idempotency_key=idempotency_key).first()
+        return refund or Refund.objects.get(charge=charge), False
+    return refund, True
 
 
 def charge_as_dict(charge: Charge) -> dict:
@@ -127,4 +242,15 @@ def charge_as_dict(charge: Charge) -> dict:
         "card_last4": charge.card_last4,
         "status": charge.status,
         "created_at": charge.created_at.isoformat(),
+    }
+
+
+def refund_as_dict(refund: Refund) -> dict:
+    return {
+        "id": refund.pk,
+        "charge_id": refund.charge_id,
+        "order_id": refund.charge.order_id,
+        "amount": str(refund.amount),
+        "reason": refund.reason,
+        "created_at": refund.created_at.isoformat(),
     }

@@ -266,8 +266,6 @@ class CircuitBreaker:
             return IGNORED  # the request's fault, or the caller's deadline: not the dependency's
         if isinstance(exc, UpstreamStatusError) and (exc.status_code or 500) < 500:
             return IGNORED  # a 429 is retried, but a 4xx never counts against the dependency
-        if getattr(exc, "dependency_outage", False):
-            return IGNORED  # the callee is fine; a service behind it is not
         return FAILURE
 
     def record(self, permit: Permit, outcome: str, duration: float) -> int:

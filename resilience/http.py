@@ -42,12 +42,18 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 CHUNK = 64 * 1024
 # A deadline that leaves an attempt its own timeout less this much has not cut it short.
 CUT_SHORT_TOLERANCE = 0.01
+# On an error answer: "this service works, the one named here (behind it) does not". The
+# caller's breaker ignores such an answer and hands it back, so that its body reaches the
+# client instead of the caller's own "unavailable". Trusted only between services of a stack.
+DEPENDENCY_HEADER = "X-Dependency-Unavailable"
 
 _local = threading.local()
 
 
 class _ClientErrorAnswer(BusinessError):
-    """A 4xx answer: the caller's problem, never the dependency's. Carries the response back out."""
+    """A 4xx answer (the caller's problem), or an error answer about a service behind the
+    dependency (not the dependency's): never retried, never counted by the breaker. Carries
+    the response back out."""
 
     def __init__(self, response: requests.Response) -> None:
         super().__init__(f"answered {response.status_code}")
@@ -185,6 +191,8 @@ class ServiceClient:
         status = response.status_code
         retry_on = policy.config.retry.retry_on_status
         if 400 <= status < 500 and status not in retry_on:
+            raise _ClientErrorAnswer(response)
+        if status >= 500 and DEPENDENCY_HEADER in response.headers:
             raise _ClientErrorAnswer(response)
         if status >= 500 or status in retry_on:
             raise UpstreamStatusError(

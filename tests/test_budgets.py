@@ -78,3 +78,17 @@ def test_the_command_fails_on_a_problem(monkeypatch):
     )
     with pytest.raises(CommandError, match=r"gateway gives up on an attempt after 1\.5 s"):
         call_command("budgets", stdout=StringIO())
+
+
+def test_a_placing_lease_shorter_than_a_placing_request_is_reported():
+    """A replay (or the worker) would take over an order its request is still placing."""
+    g = graph(gateway_orders_read=9.0)
+    assert g.problems() == []
+    g.settings["orders"].ORDERS_SAFETY_NET_DELAY = 5
+    g.settings["orders"].ORDERS_PENDING_MAX_AGE = 300
+    [problem] = g.problems()
+    assert "ORDERS_SAFETY_NET_DELAY is 5 s" in problem.message and "9 s" in problem.message
+    g.settings["orders"].ORDERS_SAFETY_NET_DELAY = 9
+    g.settings["orders"].ORDERS_PENDING_MAX_AGE = 8
+    [problem] = g.problems()
+    assert "ORDERS_PENDING_MAX_AGE (8 s)" in problem.message

@@ -62,6 +62,15 @@ class RunningStack:
             # so that a run's queued work drains in seconds after the fault is lifted.
             "ORDERS_SETTLE_BACKOFF_INITIAL": "1",
             "ORDERS_SETTLE_BACKOFF_MAX": "2",
+            # Leases and lifetimes short enough for a run to settle within a minute or two,
+            # each still above what it must outlast (manage.py budgets checks the first).
+            "ORDERS_SAFETY_NET_DELAY": "12",
+            "ORDERS_PENDING_MAX_AGE": "30",
+            "ORDERS_PAYMENT_PENDING_MAX_AGE": "120",
+            "ORDERS_RECONCILE_INTERVAL": "2",
+            "ORDERS_WORKER_DEAD_AFTER": "6",
+            "PAYMENTS_IN_FLIGHT_LEASE": "10",
+            "NOTIFICATIONS_SEND_LEASE": "5",
             "GUNICORN_WORKERS": "2",
             "CHAOS_TOKEN": f"stack-{self.id}-{uuid.uuid4().hex}",
             "RESILIENCE_ENABLED": "1" if resilience else "0",

@@ -114,6 +114,12 @@ EMAIL_FILE_PATH = VAR_DIR / "mail"
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tickets@concert-booking.local")
+EMAIL_TIMEOUT = 5  # an SMTP server that hangs holds a notifications thread this long at most
+# Message-IDs are <kind.order@domain>: stable, so that a message sent twice is seen as one.
+NOTIFICATIONS_MAIL_DOMAIN = env_str("NOTIFICATIONS_MAIL_DOMAIN", "concert-booking.local")
+# A message still being sent this long after its attempt began was abandoned (its process
+# died): the next request sends it again, with the same Message-ID. Above EMAIL_TIMEOUT.
+NOTIFICATIONS_SEND_LEASE = env_int("NOTIFICATIONS_SEND_LEASE", 10)
 
 # Base URLs of every service of the stack (the stack command binds each to its port).
 SERVICE_URLS = {
@@ -203,13 +209,28 @@ PAYMENTS_LATENCY_MS = (
     env_int("PAYMENTS_LATENCY_MIN_MS", 20),
     env_int("PAYMENTS_LATENCY_MAX_MS", 80),
 )
+# A charge request still in flight this long after it started was abandoned by a process that
+# died: another request under its key (or a cancel) takes it over. Above any charge's deadline.
+PAYMENTS_IN_FLIGHT_LEASE = env_int("PAYMENTS_IN_FLIGHT_LEASE", 30)
 # How the worker retries unsettled orders: first wait, cap, seconds.
 ORDERS_SETTLE_BACKOFF = (
     env_int("ORDERS_SETTLE_BACKOFF_INITIAL", 1),
     env_int("ORDERS_SETTLE_BACKOFF_MAX", 30),
 )
-# A safety net: an order still unsettled this long after creation is driven by the worker.
-ORDERS_SAFETY_NET_DELAY = env_int("ORDERS_SAFETY_NET_DELAY", 60)
+# An order still pending this long after it was created is no longer being placed by its
+# request (which can take at most orders' worst case: manage.py budgets checks it): a replay
+# of it places it again, and the worker looks at it (the safety-net task).
+ORDERS_SAFETY_NET_DELAY = env_int("ORDERS_SAFETY_NET_DELAY", 15)
+# No state lasts forever: a pending order this old was abandoned (failed: nothing charged);
+# a payment pending this long is settled with payments (charged: paid; if not, never).
+ORDERS_PENDING_MAX_AGE = env_int("ORDERS_PENDING_MAX_AGE", 300)
+ORDERS_PAYMENT_PENDING_MAX_AGE = env_int("ORDERS_PAYMENT_PENDING_MAX_AGE", 900)
+# The task worker: a heartbeat every ORDERS_WORKER_HEARTBEAT seconds; a worker silent for
+# ORDERS_WORKER_DEAD_AFTER is dead and its running tasks are reaped. The reconciler looks for
+# unsettled orders that no live task owns every ORDERS_RECONCILE_INTERVAL seconds.
+ORDERS_WORKER_HEARTBEAT = env_int("ORDERS_WORKER_HEARTBEAT", 2)
+ORDERS_WORKER_DEAD_AFTER = env_int("ORDERS_WORKER_DEAD_AFTER", 10)
+ORDERS_RECONCILE_INTERVAL = env_int("ORDERS_RECONCILE_INTERVAL", 10)
 
 LOGGING = {
     "version": 1,

@@ -52,14 +52,21 @@ def test_orders_pass_through_the_gateway(client, stack, make_show):
     assert (missing.status_code, missing.json()["code"]) == (400, "idempotency_key_missing")
 
 
-def test_orders_unavailable_is_a_503_json(client, stack, settings, make_show):
+def test_orders_unavailable_is_a_503_that_says_only_what_is_known(
+    client, stack, settings, make_show
+):
+    """Not "nothing was charged": the gateway cannot know whether orders placed it."""
     show = make_show()
     settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "orders": closed_port_url()}
     body = {"show_id": show.pk, "quantity": 1, "email": "a@example.com", "card_token": "tok_visa"}
     response = client.post(
         "/gateway/api/orders/", body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="g"
     )
-    assert (response.status_code, response.json()["code"]) == (503, "dependency_unavailable")
+    answer = response.json()
+    assert (response.status_code, answer["code"]) == (503, "orders_unavailable")
+    assert "not known" in answer["message"] and "same Idempotency-Key" in answer["message"]
+    assert "Nothing was charged" not in answer["message"]
+    assert response["Retry-After"] == "2"
 
 
 def test_the_storefront_renders_and_books(client, stack, settings, make_show):

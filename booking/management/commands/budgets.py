@@ -25,6 +25,12 @@ class Command(BaseCommand):
         )
         for path, attempts in graph.amplification():
             self.stdout.write(f"  {' -> '.join(path):<45} x{attempts}")
+        orders = graph.settings["orders"]
+        self.stdout.write(
+            f"\nOrders: a request placing an order may work {graph.worst_case('orders'):.1f} s; "
+            f"replays and the worker take over after ORDERS_SAFETY_NET_DELAY = "
+            f"{getattr(orders, 'ORDERS_SAFETY_NET_DELAY', '?')} s"
+        )
         problems = graph.problems()
         if problems:
             raise CommandError("\n".join(p.message for p in problems))

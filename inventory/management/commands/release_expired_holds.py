@@ -1,8 +1,12 @@
+import logging
 import time
 
 from django.core.management.base import BaseCommand
+from django.db import close_old_connections
 
 from inventory.services import holds_release_expired
+
+logger = logging.getLogger("inventory.sweeper")
 
 
 class Command(BaseCommand):
@@ -15,8 +19,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, every=None, **options):
         while True:
-            released = holds_release_expired()
-            if every is None:
-                self.stdout.write(f"released {released} expired holds")
-                return
+            try:
+                released = holds_release_expired()
+            except Exception:  # the database away, say: the sweeper itself must not die
+                if every is None:
+                    raise
+                logger.exception("sweep failed; trying again in %s s", every)
+                close_old_connections()
+            else:
+                if every is None:
+                    self.stdout.write(f"released {released} expired holds")
+                    return
             time.sleep(every)

@@ -6,10 +6,15 @@ from payments.models import Charge
 
 
 class Command(BaseCommand):
-    help = "Every charge, as JSON (for audits)."
+    help = "Every charge, and whether it was refunded, as JSON (for audits)."
 
     def handle(self, *args, **options):
         return json.dumps(
-            list(Charge.objects.order_by("id").values("id", "order_id", "status", "amount")),
+            [
+                {**charge, "refunded": charge["refund__id"] is not None}
+                for charge in Charge.objects.order_by("id").values(
+                    "id", "order_id", "status", "amount", "refund__id"
+                )
+            ],
             default=str,
         )
