@@ -223,6 +223,11 @@ class CircuitBreaker:
         """Stop sharing state (Redis storage): for a breaker that is thrown away."""
         self.state.close()
 
+    def after_fork(self, lock) -> None:
+        """In a child process: locks of its own (the view and the window carry over)."""
+        self.window._lock = threading.Lock()
+        self.state.lock = threading.Lock()
+
     # -- calls ---------------------------------------------------------------------------------
 
     def acquire(self) -> Permit:

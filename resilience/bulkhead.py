@@ -61,6 +61,12 @@ class Bulkhead:
             finally:
                 self._waiting -= 1
 
+    def after_fork(self, lock) -> None:
+        """In a child process: no call of the parent's is in flight here."""
+        self.lock = lock
+        self._freed = threading.Condition(lock)
+        self.in_flight = self._waiting = 0
+
     def left_locked(self) -> None:
         """Free a slot; the caller holds ``lock``."""
         self.in_flight -= 1

@@ -40,7 +40,8 @@ from resilience.watchdog import watchdog
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CHUNK = 64 * 1024
-# A deadline that leaves an attempt its own timeout less this much has not cut it short.
+# A deadline that leaves an attempt its own CONNECT + READ less this much (or 5% of it, if
+# more) has not cut its whole-answer limit short.
 CUT_SHORT_TOLERANCE = 0.01
 # On an error answer: "this service works, the one named here (behind it) does not". The
 # caller's breaker ignores such an answer and hands it back, so that its body reaches the
@@ -139,21 +140,23 @@ class ServiceClient:
     def _attempt(self, policy: Policy, method: str, url: str, headers: dict, params, json):
         clock = policy.clock
         now = clock.now()
-        cut_short = False  # by the deadline in force, before the attempt's own timeout
+        # Which limit of this attempt the deadline in force made shorter than the attempt's
+        # own: a timeout of that phase is the deadline's doing, not the dependency's.
+        connect_cut = read_cut = body_cut = False
         if policy.enabled:
             connect, read = policy.config.timeout.connect, policy.config.timeout.read
             until = now + connect + read
             current = deadlines.current()
             if current is not None and current.expires_at < until:
-                # Short by more than a few ms: the deadline, not the attempt's own timeout,
-                # is what may end this attempt.
-                cut_short = current.expires_at < until - CUT_SHORT_TOLERANCE
-                until = current.expires_at
-                left = until - now
+                left = current.expires_at - now
                 if left < 0.001:  # nothing worth sending the callee
                     raise DeadlineExceededError(
                         f"{method} {url}: no time left of the deadline", policy=policy.name
                     )
+                tolerance = max(CUT_SHORT_TOLERANCE, 0.05 * (connect + read))
+                connect_cut, read_cut = left < connect, left < read
+                body_cut = current.expires_at < until - tolerance
+                until = current.expires_at
                 connect, read = min(connect, left), min(read, left)
             # The callee's budget is this attempt's: after it, nobody waits for the answer.
             headers = {**headers, deadlines.HEADER: str(int((until - now) * 1000))}
@@ -173,7 +176,13 @@ class ServiceClient:
             )
             _read_body(response, until, policy)
         except (requests.Timeout, UpstreamTimeoutError) as exc:
-            if cut_short:
+            if isinstance(exc, requests.ConnectTimeout):
+                cut = connect_cut
+            elif isinstance(exc, requests.Timeout):
+                cut = read_cut  # the wait for the status line and headers
+            else:
+                cut = body_cut  # the whole answer was not in by ``until``
+            if cut:
                 # The caller's deadline ended this attempt, not the dependency's slowness: the
                 # breaker ignores it (an outside caller with a 1 ms deadline opens nothing).
                 raise DeadlineExceededError(

@@ -186,8 +186,11 @@ class Stats:
         self.durations = [[0] * len(_BOUNDS) for _ in OUTCOMES]
         self.duration_sums = [0.0] * len(OUTCOMES)
         self.fallbacks: Tally = Tally()
-        self.bulkhead = None  # has .max_concurrent_calls and .in_flight
-        self.breaker = None  # has .gauge_values() -> (failure rate, slow-call rate)
+        # What the lock guards besides the counts, and what each flush samples; each has an
+        # after_fork(lock) for a child process.
+        self.bulkhead = None  # .max_concurrent_calls, .in_flight
+        self.breaker = None  # .gauge_values() -> (failure rate, slow-call rate)
+        self.budget = None  # the retry budget of the policy
 
     bucket = staticmethod(lambda seconds: bisect.bisect_left(_BOUNDS, seconds))
 
@@ -200,6 +203,13 @@ class Stats:
     def add(self, slot: int, n: int = 1) -> None:
         with self.lock:
             self.counts[slot] += n
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()
+        self.take()
+        for part in (self.bulkhead, self.breaker, self.budget):
+            if part is not None:
+                part.after_fork(self.lock)
 
     def take(self):
         """Everything counted since the last take, and zero again."""
@@ -286,6 +296,22 @@ def _flush_forever() -> None:
 
 
 atexit.register(flush)
+
+
+def _after_fork_in_child() -> None:
+    """A child process counts afresh (the parent's counts are the parent's to flush), with
+    locks of its own (one held by a parent thread at the fork would never be released) and a
+    flusher thread of its own."""
+    global _stats_lock, _flusher_pid
+    _stats_lock = threading.Lock()
+    _flusher_pid = None
+    for stats in _stats.values():
+        stats.after_fork()
+    if _stats:
+        _ensure_flusher()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def set_state(name: str, state: str) -> None:

@@ -58,6 +58,7 @@ class Policy:
             storage_options=storage_options,
         )
         self.retry_budget = RetryBudget(config.retry, clock, lock=self.stats.lock)
+        self.stats.budget = self.retry_budget
         if self.breaker.state.shared:
             self.retry_budget.share_floor(
                 self.breaker.state.link, f"{namespace}:{config.name}:retry-floor"

@@ -165,6 +165,10 @@ class RetryBudget:
             return True
         return False
 
+    def after_fork(self, lock) -> None:
+        self._lock = lock
+        self.reset()
+
     def reset(self) -> None:
         with self._lock:
             self._seconds = [-1] * self._n

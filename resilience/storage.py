@@ -26,6 +26,8 @@ path and never a single point of failure:
 
 import logging
 import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -174,80 +176,84 @@ class LocalState:
 # -- shared state ----------------------------------------------------------------------------------
 
 # Every script starts here. KEYS[1] is the breaker's hash; ARGV[1] the channel its changes are
-# published on; ARGV[2..5] the caller's view: the last epoch it applied, its state, its mode,
-# and how long ago (ms) it entered that state. A Redis that lost what the caller knows (no
-# epoch, or an older one) is re-seeded from the caller's view before anything else happens.
+# published on; ARGV[2] the caller (its link's owner id); ARGV[3..6] the caller's view: the last
+# epoch it applied, its state, its mode, and how long ago (ms) it entered that state. A Redis
+# that lost what the caller knows (no epoch, or an older one) is re-seeded from the caller's
+# view before anything else happens. Every change records who made it ('by').
 _PRELUDE = """
-local key, channel = KEYS[1], ARGV[1]
-local caller_epoch = tonumber(ARGV[2])
+local key, channel, owner = KEYS[1], ARGV[1], ARGV[2]
+local caller_epoch = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', key, 'state', 'mode', 'epoch', 'since')
-local state, mode, epoch, since = h[1], h[2], tonumber(h[3]), tonumber(h[4])
+local h = redis.call('HMGET', key, 'state', 'mode', 'epoch', 'since', 'by')
+local state, mode, epoch, since, by = h[1], h[2], tonumber(h[3]), tonumber(h[4]), h[5]
 local reseeded = 0
 local function save(s, m, e, at)
-  redis.call('HSET', key, 'state', s, 'mode', m, 'epoch', e, 'since', at,
+  redis.call('HSET', key, 'state', s, 'mode', m, 'epoch', e, 'since', at, 'by', owner,
              'started', 0, 'done', 0, 'failed', 0, 'slow', 0)
-  state, mode, epoch, since = s, m, e, at
+  state, mode, epoch, since, by = s, m, e, at, owner
   redis.call('PUBLISH', channel, s .. '|' .. m .. '|' .. e .. '|' .. (now - at))
 end
 if epoch == nil or epoch < caller_epoch then
   -- A breaker seen for the first time is created; one a process knows more of was lost.
   if epoch ~= nil or caller_epoch > 0 then reseeded = 1 end
-  save(ARGV[3], ARGV[4], caller_epoch, now - tonumber(ARGV[5]))
+  save(ARGV[4], ARGV[5], caller_epoch, now - tonumber(ARGV[6]))
 end
 local function reply(result, ...)
   return {result, state, mode, epoch, now - since, reseeded, ...}
 end
 """
 
-# ARGV[6]: '1' if the caller changed its view while Redis was unreachable: then its view wins
-# over the epoch it last applied (and only that one).
+# ARGV[7]: '1' if the caller changed its view while Redis was unreachable, '2' if an operator
+# did. An operator's command wins over anything. A change of the caller's wins over the epoch
+# it started from, and over a later one that the caller itself wrote: a command of its own
+# that Redis ran late (Redis hung, the caller gave up on it, Redis resumed and ran it), or its
+# own push of an earlier change. Over anyone else's, it loses.
 _SYNC = """
-if ARGV[6] == '1' and epoch == caller_epoch then
-  save(ARGV[3], ARGV[4], caller_epoch + 1, now - tonumber(ARGV[5]))
+if ARGV[7] == '2' or (ARGV[7] == '1' and (epoch == caller_epoch or by == owner)) then
+  save(ARGV[4], ARGV[5], math.max(epoch, caller_epoch) + 1, now - tonumber(ARGV[6]))
   return reply(1)
 end
 return reply(0)
 """
 
-# ARGV[6]: the expected state ('' for an operator's command), ARGV[7] the new state,
-# ARGV[8] the new mode, ARGV[9] the wait before half-open (ms).
+# ARGV[7]: the expected state ('' for an operator's command), ARGV[8] the new state,
+# ARGV[9] the new mode, ARGV[10] the wait before half-open (ms).
 _TRANSITION = """
-if ARGV[6] == '' then
-  if state == ARGV[7] and mode == ARGV[8] then return reply(0) end
+if ARGV[7] == '' then
+  if state == ARGV[8] and mode == ARGV[9] then return reply(0) end
 else
-  if epoch ~= caller_epoch or state ~= ARGV[6] or mode ~= 'normal' then return reply(0) end
-  if ARGV[7] == 'half-open' and now - since < tonumber(ARGV[9]) then return reply(0) end
+  if epoch ~= caller_epoch or state ~= ARGV[7] or mode ~= 'normal' then return reply(0) end
+  if ARGV[8] == 'half-open' and now - since < tonumber(ARGV[10]) then return reply(0) end
 end
-save(ARGV[7], ARGV[8], epoch + 1, now)
+save(ARGV[8], ARGV[9], epoch + 1, now)
 return reply(1)
 """
 
-# ARGV[6]: the permits of a round.
+# ARGV[7]: the permits of a round.
 _ACQUIRE_TRIAL = """
 if epoch ~= caller_epoch or state ~= 'half-open' or mode ~= 'normal' then return reply(0) end
-if redis.call('HINCRBY', key, 'started', 1) > tonumber(ARGV[6]) then
+if redis.call('HINCRBY', key, 'started', 1) > tonumber(ARGV[7]) then
   redis.call('HINCRBY', key, 'started', -1)
   return reply(0)
 end
 return reply(1)
 """
 
-# ARGV[6]: the epoch the permit was given in.
+# ARGV[7]: the epoch the permit was given in.
 _RELEASE_TRIAL = """
-if epoch == tonumber(ARGV[6]) and tonumber(redis.call('HGET', key, 'started') or '0') > 0 then
+if epoch == tonumber(ARGV[7]) and tonumber(redis.call('HGET', key, 'started') or '0') > 0 then
   redis.call('HINCRBY', key, 'started', -1)
 end
 return reply(1)
 """
 
-# ARGV[6]: the permit's epoch; ARGV[7], ARGV[8]: 1 if the trial failed, was slow.
+# ARGV[7]: the permit's epoch; ARGV[8], ARGV[9]: 1 if the trial failed, was slow.
 _RECORD_TRIAL = """
-if epoch ~= tonumber(ARGV[6]) or state ~= 'half-open' then return reply(-1) end
+if epoch ~= tonumber(ARGV[7]) or state ~= 'half-open' then return reply(-1) end
 local done = redis.call('HINCRBY', key, 'done', 1)
-local failed = redis.call('HINCRBY', key, 'failed', ARGV[7])
-local slow = redis.call('HINCRBY', key, 'slow', ARGV[8])
+local failed = redis.call('HINCRBY', key, 'failed', ARGV[8])
+local slow = redis.call('HINCRBY', key, 'slow', ARGV[9])
 return reply(done, failed, slow)
 """
 
@@ -267,6 +273,10 @@ class LinkOptions:
     socket_timeout: float = 0.05  # the longest any call waits on Redis, once
     probe_interval: float = 0.2  # while Redis is unreachable, how often the link tries again
     sync_interval: float = 0.5  # how often every shared state is re-read (pub/sub's backup)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def describe_url(url: str) -> str:
@@ -304,6 +314,7 @@ class RedisLink:
         }
         self.up = False  # until the link's thread has reached Redis
         self.closed = False
+        self.owner = _owner()  # who this process is, in the 'by' of the changes it makes
         self.states: list[SharedState] = []
         self._lock = threading.Lock()
         self._pid: int | None = None
@@ -355,6 +366,16 @@ class RedisLink:
             exc,
         )
         self._wake.set()
+
+    def after_fork(self) -> None:
+        """In a child process: a new owner, fresh locks, and a thread of its own."""
+        self.owner = _owner()
+        self.up = False
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = None
+        if self.states and not self.closed:
+            self._ensure_thread()
 
     def _ensure_thread(self) -> None:
         if self._pid != os.getpid():  # first use, or a child process after fork: a fresh thread
@@ -448,7 +469,8 @@ class SharedState(LocalState):
         self.key = key
         self.channel = f"{key}:changes"
         self.epoch = 0  # the last shared epoch this process applied
-        self.dirty = False  # changed here while Redis was unreachable
+        # Changed here while Redis was unreachable: 1 by a call, 2 by an operator's command.
+        self.dirty = 0
         link.register(self)
 
     def describe(self) -> str:
@@ -460,10 +482,10 @@ class SharedState(LocalState):
     # -- talking to Redis ---------------------------------------------------------------------------
 
     def _caller(self) -> list:
-        """ARGV[2..5]: the epoch this process applied, its state, mode, and ms in that state."""
+        """ARGV[2..6]: this process, the epoch it applied, its state, mode, and ms in that state."""
         state, mode, _ = self.view
         age = max(0, int((self.clock.now() - self.since) * 1000))
-        return [self.epoch, state, mode, age]
+        return [self.link.owner, self.epoch, state, mode, age]
 
     def _run(self, script: str, operation: str, extra: list, *, require_link: bool = True):
         """Run a script: its reply, or ``None`` if Redis is unreachable (the link is then down)."""
@@ -482,7 +504,7 @@ class SharedState(LocalState):
 
     def sync_args(self) -> tuple[list, list, int]:
         with self.lock:
-            args = [self.channel, *self._caller(), "1" if self.dirty else "0"]
+            args = [self.channel, *self._caller(), str(self.dirty)]
             return [self.key], args, self.view[2]
 
     def sync_now(self, *, require_link: bool = True) -> None:
@@ -530,7 +552,7 @@ class SharedState(LocalState):
             if epoch <= self.epoch:
                 return  # nothing newer than what this process already applied
             self.epoch = epoch
-            self.dirty = False
+            self.dirty = 0
             # A newer epoch is a new state period even in the same state (a half-open round
             # restarted, or open -> half-open -> open between two polls): a new generation.
             _, old_state = self._enter(state, mode, self.clock.now() - age)
@@ -547,12 +569,18 @@ class SharedState(LocalState):
         mode: str = NORMAL,
         wait: float = 0.0,
     ) -> int:
-        if self.link.up:
+        command = expected is None
+        # An operator's command goes to Redis even before the link is up (a fresh process,
+        # say `manage.py shell`): it must not be lost to the first sync.
+        if self.link.up or command:
             with self.lock:
-                if expected is not None and self.view[2] != generation:
+                if not command and self.view[2] != generation:
                     return 0
             done = self._run(
-                "transition", "transition", [expected or "", new, mode, int(wait * 1000)]
+                "transition",
+                "transition",
+                [expected or "", new, mode, int(wait * 1000)],
+                require_link=not command,
             )
             if done is not None:
                 reply, _ = done
@@ -563,7 +591,15 @@ class SharedState(LocalState):
         with self.lock:
             moved, old_state = self._local_transition(expected, generation, new, mode, wait)
             if moved:
-                self.dirty = True
+                self.dirty = max(self.dirty, 2 if command else 1)
+        if moved and command:
+            logger.warning(
+                "Redis at %s unreachable: %s -> %s holds in this process and is shared when "
+                "Redis answers.",
+                self.link.label,
+                self.key,
+                new,
+            )
         self._changed(old_state)
         return moved
 
@@ -615,6 +651,16 @@ def link_for(url: str, options: LinkOptions) -> RedisLink:
         if link is None:
             link = _links[(url, options)] = RedisLink(url, options)
         return link
+
+
+def _after_fork_in_child() -> None:
+    global _links_lock
+    _links_lock = threading.Lock()
+    for link in _links.values():
+        link.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def close_links(url: str | None = None) -> None:

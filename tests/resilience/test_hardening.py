@@ -294,3 +294,44 @@ def test_the_retry_floor_is_shared_by_every_process_of_a_service(
             )
     assert upstream.count("/status") == 8 + 2  # 8 first attempts, 2 retries: the floor, once
     other_process.close()
+
+
+def test_a_timeout_that_the_deadline_did_not_shorten_is_the_dependencys(make_policy):
+    """Found in review: any timeout counted as cut short when the caller's deadline left a
+    little less than CONNECT + READ, though every attempt ran its own full READ timeout, so a
+    hung dependency never tripped the breaker under a tight deadline."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(50)
+    held = []
+    threading.Thread(
+        target=lambda: [held.append(server.accept()) for _ in range(20)], daemon=True
+    ).start()
+    policy = make_policy(
+        TIMEOUT={"CONNECT": 0.3, "READ": 0.5},
+        RETRY={"MAX_ATTEMPTS": 1},
+        CIRCUIT_BREAKER={"MINIMUM_NUMBER_OF_CALLS": 5},
+    )
+    from django.conf import settings
+
+    settings.RESILIENCE_SERVICES = {
+        **settings.RESILIENCE_SERVICES,
+        "upstream": f"http://127.0.0.1:{server.getsockname()[1]}",
+    }
+    policy = policies_get("upstream")
+    try:
+        for _ in range(5):
+            with deadlines.scope(0.78), pytest.raises(Exception) as info:
+                ServiceClient("upstream").get("/hung")
+            assert type(info.value).__name__ == "UpstreamTimeoutError"
+        assert policy.breaker.current_state == "open"
+    finally:
+        server.close()
+
+
+def policies_get(name):
+    from resilience import policies
+
+    return policies[name]

@@ -402,3 +402,146 @@ def test_without_redis_at_all_the_breaker_protects_on_local_state():
         breaker.call(lambda: "never")
     assert not breaker.state.link.up
     metrics.flush()
+
+
+# -- found in review: each of these failed before its fix ------------------------------------------
+
+
+def other_process(redis, **cfg) -> CircuitBreaker:
+    """A breaker on a link of its own (other options: another link object, another owner): a
+    second process, as far as Redis and the breaker's state can tell."""
+    config = conf.build_config(
+        "payments", {"payments": {"CIRCUIT_BREAKER": {**cfg, "STORAGE": redis.url}}}
+    )
+    breaker = CircuitBreaker(
+        "payments",
+        config.circuit_breaker,
+        namespace="test",
+        storage_options=LinkOptions(sync_interval=0.51),
+    )
+    assert breaker.state.link.wait_up(5)
+    return breaker
+
+
+def fail():
+    raise ConnectionError("refused")
+
+
+def test_a_command_redis_ran_late_cannot_override_what_this_process_did_since(redis_server):
+    """Redis hung: the trip's transition script timed out here, but Redis had it in its
+    socket and ran it on resuming, at an epoch the process's later local recovery (closed)
+    could not override: a recovered dependency was refused for another open wait everywhere."""
+    here = make(redis_server, WAIT_DURATION_IN_OPEN_STATE=1.0)
+    there = other_process(redis_server, WAIT_DURATION_IN_OPEN_STATE=1.0)
+    here.force_open()
+    here.reset()
+    redis_server.hang()
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            here.call(fail)
+    assert (here.current_state, here.state.dirty) == ("open", 1)
+    time.sleep(1.1)
+    assert [here.call(lambda: "ok") for _ in range(3)] == ["ok"] * 3  # recovered, locally
+    assert here.current_state == "closed"
+    redis_server.resume()
+    wait_for(lambda: here.state.link.up and not here.state.dirty, timeout=3.0)
+    time.sleep(0.6)  # a poll of each link
+    assert (here.current_state, there.current_state) == ("closed", "closed")
+    assert redis_server.client().hget("test:payments:breaker", "state") == b"closed"
+
+
+def test_an_operators_command_from_a_fresh_process_is_not_lost(redis_server):
+    """`manage.py shell`, then force_open() before the link was up: applied locally, then
+    the first sync found Redis at a later epoch and adopted it. The command was dropped."""
+    worker = make(redis_server)
+    worker.force_open()
+    worker.reset()
+    script = (
+        "import django; django.setup()\n"
+        "import sys, time\n"
+        "from resilience import conf\n"
+        "from resilience.breaker import CircuitBreaker\n"
+        "config = conf.build_config('payments', {'payments': {'CIRCUIT_BREAKER': "
+        "{'STORAGE': sys.argv[1]}}})\n"
+        "b = CircuitBreaker('payments', config.circuit_breaker, namespace='test')\n"
+        "b.force_open()\n"
+        "b.state.link.wait_up(5)\n"
+        "time.sleep(0.3)\n"
+        "print(b.current_state, b.mode)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, redis_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=True,
+    )
+    assert out.stdout.split() == ["open", "forced-open"]
+    wait_for(lambda: (worker.current_state, worker.mode) == ("open", "forced-open"), 1.0)
+
+
+def test_a_trip_made_while_offline_changes_are_pushed_is_kept(redis_server):
+    """The push of a local recovery was in flight when a call tripped the breaker again; the
+    push's answer was stale, the second push lost to the first, and the trip was lost."""
+    from redis import ConnectionError as RedisConnectionError
+
+    breaker = make(redis_server, WAIT_DURATION_IN_OPEN_STATE=0.3)
+    link = breaker.state.link
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            breaker.call(fail)
+    real_sync = link.scripts["sync"]
+    offline, tripped_mid_push = [True], []
+
+    def sync(*args, **kwargs):
+        if offline[0]:
+            raise RedisConnectionError("Redis away")
+        reply = real_sync(*args, **kwargs)
+        if kwargs.get("client") is None and not tripped_mid_push:  # a push just answered
+            for _ in range(5):
+                with pytest.raises((ConnectionError, CircuitOpenError)):
+                    breaker.call(fail)
+            tripped_mid_push.append(breaker.current_state)
+        return reply
+
+    link.scripts["sync"] = sync
+    link.failed("test", RedisConnectionError("Redis away"))
+    time.sleep(0.35)
+    assert [breaker.call(lambda: "ok") for _ in range(3)] == ["ok"] * 3  # recovered, offline
+    assert breaker.current_state == "closed"
+    offline[0] = False
+    wait_for(lambda: link.up and not breaker.state.dirty, timeout=3.0)
+    assert tripped_mid_push == ["open"]
+    assert breaker.current_state == "open"
+    assert redis_server.client().hget("test:payments:breaker", "state") == b"open"
+
+
+def test_a_breaker_built_before_a_fork_shares_and_counts_in_the_child(redis_server):
+    """The child had no link thread (its link even claimed to be up) and no metrics flusher:
+    it never heard of the parent's changes, and its counts were never flushed."""
+    from resilience import metrics
+
+    breaker = make(redis_server)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the test session's teardown
+        try:
+            os.close(read)
+            report = {"link_up_at_fork": breaker.state.link.up}
+            end = time.monotonic() + 3
+            while breaker.mode != "forced-open" and time.monotonic() < end:
+                time.sleep(0.02)
+            report["saw_the_parents_command"] = breaker.mode == "forced-open"
+            breaker.stats.add(metrics.CALLS_SUCCESSFUL, 7)
+            time.sleep(1.5)
+            report["unflushed"] = breaker.stats.counts[metrics.CALLS_SUCCESSFUL]
+            os.write(write, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    time.sleep(0.5)
+    breaker.force_open()
+    os.waitpid(pid, 0)
+    report = json.loads(os.read(read, 10000))
+    assert report == {"link_up_at_fork": False, "saw_the_parents_command": True, "unflushed": 0}
