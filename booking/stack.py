@@ -114,8 +114,9 @@ class Stack:
             f"{self.python} manage.py orders_worker --interval 0.5 --no-startup-delay",
             self.env("orders"),
         )
+        sweep_every = os.environ.get("SEAT_HOLD_SWEEP_EVERY", "30")
         programs["inventory-sweeper"] = (
-            f"{self.python} manage.py release_expired_holds --every 30",
+            f"{self.python} manage.py release_expired_holds --every {sweep_every}",
             self.env("inventory"),
         )
         return programs

@@ -38,6 +38,11 @@ class Profile:
     browser_think: float = 0.2
     client_timeout: float = 10.0
     max_requests: int = 5000
+    # Buyers whose client retries an order (same Idempotency-Key) on no answer, a 5xx or a
+    # 409, with jittered backoff, for up to this many seconds; 0: one attempt per order.
+    retry_for: float = 0.0
+    # The share of orders whose first attempt is sent twice at once (a double click).
+    duplicate_rate: float = 0.0
 
     def describe(self) -> str:
         return (
@@ -56,6 +61,7 @@ class Sample:
     outcome: str
     detail: str  # order status, recommendation source, error code, or exception name
     order_id: str | None = None
+    key: str | None = None  # an order's Idempotency-Key: every attempt of one order shares it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +105,8 @@ class Load:
 
     def join(self) -> list[Sample]:
         """Wait for every user to finish (bounded: duration plus one client timeout)."""
-        end = self.started + self.profile.duration + self.profile.client_timeout + 5
+        profile = self.profile
+        end = self.started + profile.duration + profile.retry_for + profile.client_timeout + 5
         for thread in self._threads:
             thread.join(timeout=max(0.0, end - time.monotonic()))
         self._stop.set()
@@ -160,23 +167,56 @@ class Load:
             if not self._may_send():
                 return
             show = self.shows[(n + i * self.profile.buyers) % len(self.shows)]
-            self.buy(show, session=session, email=f"buyer{n}.{i}@example.com")
+            email = f"buyer{n}.{i}@example.com"
+            if self.profile.retry_for:
+                self.buy_until_answered(show, session=session, email=email)
+            else:
+                self.buy(show, session=session, email=email)
             self._think(self.profile.buyer_think)
 
-    def buy(self, show: int, *, session=None, email: str = "fan@example.com"):
+    def buy(self, show: int, *, session=None, email: str = "fan@example.com", key=None):
         """Place one order for one seat of ``show`` (recorded as a sample); the answer or None."""
+        key = key or uuid.uuid4().hex
         return self._request(
             session or requests,
             "POST",
             ORDER,
             "/api/orders/",
+            key=key,
             json={"show_id": show, "quantity": 1, "email": email, "card_token": "tok_visa"},
-            headers={"Idempotency-Key": uuid.uuid4().hex},
+            headers={"Idempotency-Key": key},
         )
+
+    def buy_until_answered(self, show: int, *, session, email: str) -> None:
+        """One order, retried with its key until it gets a final answer or ``retry_for`` passes
+        (the give-up is recorded)."""
+        key = uuid.uuid4().hex
+        end = time.monotonic() + self.profile.retry_for
+        if random.random() < self.profile.duplicate_rate:
+            twin = threading.Thread(
+                target=self.buy,
+                args=(show,),
+                kwargs={"session": requests.Session(), "email": email, "key": key},
+                daemon=True,
+            )
+            twin.start()
+            self._threads.append(twin)
+        delay = 0.5
+        while True:
+            answer = self.buy(show, session=session, email=email, key=key)
+            if answer is not None and answer.status_code < 500 and answer.status_code != 409:
+                return
+            if time.monotonic() + delay > end:
+                self._record(
+                    Sample(self.elapsed(), ORDER, 0.0, None, NO_ANSWER, "gave up", key=key)
+                )
+                return
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 4.0)
 
     # -- one request -------------------------------------------------------------------------------
 
-    def _request(self, session, method, endpoint, path, **kwargs):
+    def _request(self, session, method, endpoint, path, key=None, **kwargs):
         at = self.elapsed()
         began = time.monotonic()
         try:
@@ -184,13 +224,16 @@ class Load:
                 method, self.gateway + path, timeout=self.profile.client_timeout, **kwargs
             )
         except requests.RequestException as exc:
+            latency = time.monotonic() - began
             self._record(
-                Sample(at, endpoint, time.monotonic() - began, None, NO_ANSWER, type(exc).__name__)
+                Sample(at, endpoint, latency, None, NO_ANSWER, type(exc).__name__, key=key)
             )
             return None
         latency = time.monotonic() - began
         outcome, detail, order_id = classify(endpoint, answer)
-        self._record(Sample(at, endpoint, latency, answer.status_code, outcome, detail, order_id))
+        self._record(
+            Sample(at, endpoint, latency, answer.status_code, outcome, detail, order_id, key)
+        )
         return answer
 
     def _record(self, sample: Sample) -> None:
@@ -208,9 +251,12 @@ def classify(endpoint: str, answer: requests.Response) -> tuple[str, str, str | 
     if endpoint == ORDER:
         if answer.status_code in (200, 201) and isinstance(body, dict):
             status = body.get("status", "")
-            if status in ("confirmed", "payment_pending"):
+            if status in ("confirmed", "payment_pending", "paid"):
                 return OK, status, body.get("id")
-            if status == "failed" and body.get("failure_code") == "seats_unavailable":
+            if status in ("failed", "refunding") and body.get("failure_code", "") in (
+                "seats_unavailable",
+                "",
+            ):
                 return BUSINESS, "sold out", body.get("id")
             return ERROR, f"{status} {body.get('failure_code', '')}".strip(), body.get("id")
         return ERROR, f"{answer.status_code} {code}".strip(), None

@@ -25,6 +25,7 @@ from pathlib import Path
 import requests
 
 from booking.scenarios.load import ENDPOINTS, ERROR, NO_ANSWER, OK, Load, Profile, Sample, tally
+from booking.scenarios.nemesis import Nemesis
 from booking.scenarios.stack import RunningStack
 
 POLL_INTERVAL = 0.5
@@ -56,6 +57,8 @@ class Scenario:
     drain_timeout: float = 90.0
     checks: Callable[["RunResult"], list[Check]] = lambda result: []
     shows: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    nemesis: bool = False  # a seeded Chaos Monkey SIGKILLs processes while the load runs
+    env: dict[str, str] = field(default_factory=dict)  # settings of this scenario's stack
 
 
 @dataclass
@@ -72,6 +75,7 @@ class RunResult:
     recovery: dict[str, float | None] = field(default_factory=dict)
     probes: int = 0  # orders sent after the load, while waiting for the breakers to close
     checks: list[Check] = field(default_factory=list)
+    nemesis: dict = field(default_factory=dict)  # seed, kills, worst moments hit
 
     # -- what the user saw -----------------------------------------------------------------------
 
@@ -138,6 +142,7 @@ class RunResult:
             "recovery": self.recovery,
             "probes": self.probes,
             "checks": [check.__dict__ for check in self.checks],
+            "nemesis": self.nemesis,
             "samples": [sample.as_dict() for sample in self.samples],
         }
 
@@ -218,38 +223,73 @@ def breaker_states(stack: RunningStack, service: str) -> dict[str, str]:
 
 def audit(ledger: dict, run_orders: set[str], answered: set[str]) -> dict[str, list]:
     """What the data left behind says about this run's orders (and every show's seats)."""
-    orders = {o["id"]: o for o in ledger["orders"] if o["id"] in run_orders}
-    succeeded: Counter = Counter(
+    orders = {o["id"]: o for o in ledger["orders"]["orders"] if o["id"] in run_orders}
+    kept: Counter = Counter(  # charges that succeeded and were not given back
+        c["order_id"]
+        for c in ledger["payments"]
+        if c["status"] == "succeeded" and not c["refunded"]
+    )
+    charged: Counter = Counter(
         c["order_id"] for c in ledger["payments"] if c["status"] == "succeeded"
     )
-    sent: Counter = Counter(
-        n["order_id"] for n in ledger["notifications"] if n["kind"] == "order_confirmed"
-    )
+    holds = {h["order_id"]: h for h in ledger["inventory"]["holds"]}
+    every_order = {o["id"]: o for o in ledger["orders"]["orders"]}
+    notifications = ledger["notifications"]
+    mail = notifications["mail"]
+    if mail is None:  # a mail backend that keeps nothing to count: the rows, sent
+        mail = [
+            {"order_id": n["order_id"], "kind": n["kind"]}
+            for n in notifications["rows"]
+            if n["status"] == "sent"
+        ]
+    sent: Counter = Counter((m["order_id"], m["kind"]) for m in mail)
     confirmed_seats: Counter = Counter()
-    for order in ledger["orders"]:
+    for order in ledger["orders"]["orders"]:
         if order["status"] == "confirmed":
             confirmed_seats[order["show_id"]] += order["quantity"]
+    final = ("confirmed", "failed")
     return {
         "orders": sorted(orders),
-        "double_charged": sorted(o for o in orders if succeeded[o] > 1),
+        "double_charged": sorted(o for o in orders if charged[o] > 1),
         "paid_not_confirmed": sorted(
-            o for o in orders if succeeded[o] and orders[o]["status"] != "confirmed"
+            o for o in orders if kept[o] and orders[o]["status"] != "confirmed"
+        ),
+        "paid_without_seats": sorted(
+            o for o in orders if kept[o] and holds.get(o, {}).get("status") != "confirmed"
+        ),
+        "failed_but_charged": sorted(
+            o for o in orders if kept[o] and orders[o]["status"] == "failed"
         ),
         "confirmed_not_paid": sorted(
-            o for o in orders if orders[o]["status"] == "confirmed" and not succeeded[o]
+            o for o in orders if orders[o]["status"] == "confirmed" and not kept[o]
         ),
         "answered_but_missing": sorted(answered - set(orders)),
         "unsettled": sorted(o for o in orders if not orders[o]["settled"]),
+        "stuck": sorted(set(ledger["orders"]["stuck"]) & set(orders)),
+        "orphaned_running_tasks": ledger["orders"]["orphaned_running_tasks"],
+        "orphaned_holds": sorted(
+            order_id
+            for order_id, hold in holds.items()
+            if hold["status"] == "held"
+            and every_order.get(order_id, {}).get("status", "failed") in final
+        ),
         "oversold_shows": [
             s["id"]
-            for s in ledger["inventory"]
+            for s in ledger["inventory"]["shows"]
             if s["seats_sold"] + s["seats_held"] > s["seats_total"]
         ],
         "seats_not_matching_orders": [
-            s["id"] for s in ledger["inventory"] if s["seats_sold"] != confirmed_seats[s["id"]]
+            s["id"]
+            for s in ledger["inventory"]["shows"]
+            if s["seats_sold"] != confirmed_seats[s["id"]]
         ],
         "emails_not_exactly_once": sorted(
-            o for o in orders if orders[o]["status"] == "confirmed" and sent[o] != 1
+            o
+            for o in orders
+            if orders[o]["status"] == "confirmed" and sent[(o, "order_confirmed")] != 1
+        ),
+        "refund_notices_not_once": sorted(
+            o for o in orders if orders[o]["refunded"] and sent[(o, "order_refunded")] != 1
         ),
     }
 
@@ -292,18 +332,19 @@ def run(
     resilience: bool = True,
     stack: RunningStack | None = None,
     out: Callable[[str], None] = lambda line: None,
+    seed: int = 1,
 ) -> RunResult:
     own = stack is None
     if own:
         directory = Path(tempfile.mkdtemp(prefix=f"scenario-{scenario.name}-"))
-        stack = RunningStack(directory, resilience=resilience)
+        stack = RunningStack(directory, resilience=resilience, env=scenario.env)
         out(f"[{label(resilience)}] starting a fresh stack in {directory} ...")
         stack.up()
     elif stack.resilience != resilience:
         raise ValueError(f"the stack given runs {label(stack.resilience)}")
     keep = True  # the stack's directory (its logs) is kept when the run broke or a check failed
     try:
-        result = _run(scenario, stack, out)
+        result = _run(scenario, stack, out, seed)
         keep = bool(result.failed_checks)
         return result
     except BaseException:
@@ -324,12 +365,12 @@ def label(resilience: bool) -> str:
     return "with resilience" if resilience else "without resilience"
 
 
-def _run(scenario: Scenario, stack: RunningStack, out) -> RunResult:
+def _run(scenario: Scenario, stack: RunningStack, out, seed: int) -> RunResult:
     tag = f"[{label(stack.resilience)}]"
     gateway = stack.urls["gateway"]
     for show in scenario.shows[:3]:  # warm up: the cache has seen these shows
         requests.get(f"{gateway}/api/shows/{show}/recommendations/", timeout=5)
-    before_orders = {o["id"] for o in stack.ledger(("orders",))["orders"]}
+    before_orders = {o["id"] for o in stack.ledger(("orders",))["orders"]["orders"]}
     services = sorted({"gateway", "orders", *(service for service, _ in scenario.watch)})
     before = {service: policy_counters(stack, service) for service in services}
 
@@ -341,8 +382,14 @@ def _run(scenario: Scenario, stack: RunningStack, out) -> RunResult:
     steps = sorted(scenario.steps, key=lambda s: s.at)
     for step in [s for s in steps if s.at <= 0]:  # in place before the first request
         step.action(stack)
+    nemesis = None
+    if scenario.nemesis:
+        nemesis = Nemesis(stack, seed, load.elapsed, until=scenario.profile.duration, out=out)
+        out(f"{tag} nemesis: seed {seed}, SIGKILLs until {scenario.profile.duration:g} s")
     load.start()
     poller.start()
+    if nemesis is not None:
+        nemesis.start()
     for step in steps:
         if step.at <= 0:
             events.append((0.0, step.label))
@@ -356,8 +403,14 @@ def _run(scenario: Scenario, stack: RunningStack, out) -> RunResult:
         out(f"{tag} {load.elapsed():5.1f} s  {step.label}")
     samples = load.join()
     out(f"{tag} {load.elapsed():5.1f} s  load finished: {len(samples)} requests")
+    if nemesis is not None:
+        nemesis.stop()
+        events.extend(nemesis.events)
     for line in stack.recover():  # every fault lifted, every stopped service started
         out(f"{tag} {load.elapsed():5.1f} s  {line}")
+    if nemesis is not None:  # supervisor restarts what was killed; wait until it has
+        stack.wait_for(lambda: not stack.all_running(), timeout=60)
+        stack.wait_for(lambda: all(stack.healthy(s) for s in stack.urls), timeout=60)
     events.append((round(load.elapsed(), 2), "every fault lifted"))
     if lifted is None:
         lifted = load.elapsed()
@@ -373,7 +426,7 @@ def _run(scenario: Scenario, stack: RunningStack, out) -> RunResult:
 
     after = {service: policy_counters(stack, service) for service in services}
     ledger = stack.ledger()
-    run_orders = {o["id"] for o in ledger["orders"]} - before_orders
+    run_orders = {o["id"] for o in ledger["orders"]["orders"]} - before_orders
     answered = {s.order_id for s in samples if s.order_id}
     result = RunResult(
         scenario=scenario.name,
@@ -388,6 +441,13 @@ def _run(scenario: Scenario, stack: RunningStack, out) -> RunResult:
         recovery=_recovery(poller.seen, lifted, scenario.watch),
         probes=probes,
     )
+    if nemesis is not None:
+        result.nemesis = {
+            "seed": seed,
+            "kills": nemesis.kills,
+            "worker_kills_mid_task": nemesis.worker_kills_mid_task,
+            "payments_kills_after_charge": nemesis.payments_kills_after_charge,
+        }
     if stack.resilience:
         result.checks = scenario.checks(result)
     return result
@@ -399,7 +459,7 @@ def _drain(stack, before_orders, scenario, poller, lifted, clock) -> tuple[float
     deadline = time.monotonic() + scenario.drain_timeout
 
     def settled() -> bool:
-        orders = stack.ledger(("orders",))["orders"]
+        orders = stack.ledger(("orders",))["orders"]["orders"]
         return all(o["settled"] for o in orders if o["id"] not in before_orders)
 
     def closed() -> bool:

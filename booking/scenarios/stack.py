@@ -6,13 +6,17 @@ It runs ``manage.py stack up`` in a child process with this environment, so it i
 supervisor + gunicorn stack as ``make up``, only elsewhere.
 """
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+import xmlrpc.client
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -38,7 +42,12 @@ def free_ports(n: int) -> list[int]:
 
 class RunningStack:
     def __init__(
-        self, var_dir: Path, *, resilience: bool = True, redis_url: str | None = None
+        self,
+        var_dir: Path,
+        *,
+        resilience: bool = True,
+        redis_url: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         # Several stacks may run one after another: each its own databases, Redis keys, token.
         self.id = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
@@ -82,6 +91,7 @@ class RunningStack:
             self.env["STACK_DATABASE_URL"] = base._replace(
                 path=f"/stack_{self.id}_{{service}}"
             ).geturl()
+        self.env.update(env or {})
         self.redis_url = redis_url or os.environ.get("REDIS_URL")
         if self.redis_url:
             self.env["RESILIENCE_STORAGE_URL"] = self.redis_url
@@ -207,6 +217,95 @@ class RunningStack:
         self.stopped.discard(program)
         if program in SERVICES:
             self.wait_for(lambda: self.healthy(program))
+
+    # -- processes, killed for real ------------------------------------------------------------
+
+    def supervisor(self):
+        """supervisord's XML-RPC interface, over its unix socket."""
+        from supervisor.xmlrpc import SupervisorTransport
+
+        socket_path = self.var_dir / "stack" / "supervisor.sock"
+        transport = SupervisorTransport(None, None, f"unix://{socket_path}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+    def pid(self, program: str) -> int | None:
+        """The pid of a program's main process (gunicorn's master), or None if not running."""
+        info = self.supervisor().getProcessInfo(program)
+        return info["pid"] if info["statename"] == "RUNNING" and info["pid"] else None
+
+    def sigkill(self, program: str) -> int | None:
+        """SIGKILL a program and every process of its group (a gunicorn master and its
+        workers): a crash, not a stop. Supervisor starts it again. The pid killed, or None."""
+        pid = self.pid(program)
+        if pid is None:
+            return None
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def crash(self, program: str, *, stay_down: bool = False) -> None:
+        """SIGKILL a program (``sigkill``); with ``stay_down``, stop the instance supervisor
+        starts in its place, until ``recover``/``start``."""
+        killed = self.sigkill(program)
+        if killed is None:
+            raise RuntimeError(f"{program} was not running")
+        if stay_down:
+
+            def restarting() -> bool:
+                info = self.supervisor().getProcessInfo(program)
+                return info["statename"] in ("STARTING", "BACKOFF") or (
+                    info["statename"] == "RUNNING" and info["pid"] != killed
+                )
+
+            self.wait_for(restarting, timeout=30, interval=0.02)
+            self.supervisor().stopProcess(program, True)
+            self.stopped.add(program)
+
+    def worker_pids(self, service: str) -> list[int]:
+        """The gunicorn worker processes of a service (children of its master)."""
+        master = self.pid(service)
+        if master is None:
+            return []
+        children = Path(f"/proc/{master}/task/{master}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []
+
+    def sigkill_worker(self, service: str, choose) -> int | None:
+        """SIGKILL one gunicorn worker process of ``service`` (``choose`` picks from the
+        list); its master starts another. The pid killed, or None."""
+        pids = self.worker_pids(service)
+        if not pids:
+            return None
+        pid = choose(pids)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def all_running(self) -> list[str]:
+        """Programs supervisor does not have RUNNING (empty when all are)."""
+        return [
+            info["name"]
+            for info in self.supervisor().getAllProcessInfo()
+            if info["statename"] != "RUNNING"
+        ]
+
+    def query(self, service: str, sql: str, params=()) -> list[tuple]:
+        """Rows of ``sql`` on a service's own database, read directly (fast enough to poll)."""
+        template = self.env.get("STACK_DATABASE_URL")
+        if template:
+            import psycopg
+
+            with psycopg.connect(template.format(service=service), autocommit=True) as conn:
+                return conn.execute(sql.replace("?", "%s"), params).fetchall()
+        path = self.var_dir / "db" / f"{service}.sqlite3"
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as c:
+            return c.execute(sql, params).fetchall()
 
     def healthy(self, service: str) -> bool:
         try:

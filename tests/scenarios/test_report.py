@@ -17,44 +17,95 @@ def test_percentile_is_nearest_rank():
     assert percentile([], 99) == 0.0
 
 
+def order(id, status, show_id, quantity, settled=True, refunded=False):
+    return {
+        "id": id,
+        "status": status,
+        "show_id": show_id,
+        "quantity": quantity,
+        "settled": settled,
+        "refunded": refunded,
+    }
+
+
 LEDGER = {
-    "orders": [
-        {"id": "a", "status": "confirmed", "show_id": 1, "quantity": 1, "settled": True},
-        {"id": "b", "status": "confirmed", "show_id": 1, "quantity": 2, "settled": True},
-        {"id": "c", "status": "payment_pending", "show_id": 2, "quantity": 1, "settled": False},
-        {"id": "d", "status": "failed", "show_id": 2, "quantity": 1, "settled": True},
-        {"id": "old", "status": "confirmed", "show_id": 2, "quantity": 1, "settled": True},
-    ],
+    "orders": {
+        "orders": [
+            order("a", "confirmed", 1, 1),
+            order("b", "confirmed", 1, 2),
+            order("c", "payment_pending", 2, 1, settled=False),
+            order("d", "failed", 2, 1),
+            order("e", "failed", 3, 1, refunded=True),
+            order("f", "paid", 3, 1, settled=False),
+            order("old", "confirmed", 2, 1),
+        ],
+        "stuck": ["f", "old-and-not-this-run"],
+        "orphaned_running_tasks": ["task-1"],
+    },
     "payments": [
-        {"order_id": "a", "status": "succeeded"},
-        {"order_id": "a", "status": "succeeded"},  # charged twice
-        {"order_id": "d", "status": "succeeded"},  # paid, order failed
-        {"order_id": "old", "status": "succeeded"},
-        {"order_id": "c", "status": "declined"},
+        {"order_id": "a", "status": "succeeded", "refunded": False},
+        {"order_id": "a", "status": "succeeded", "refunded": False},  # charged twice
+        {"order_id": "d", "status": "succeeded", "refunded": False},  # paid, order failed
+        {"order_id": "e", "status": "succeeded", "refunded": True},  # given back: fine
+        {"order_id": "f", "status": "succeeded", "refunded": False},  # paid, seats not sold
+        {"order_id": "old", "status": "succeeded", "refunded": False},
+        {"order_id": "c", "status": "declined", "refunded": False},
     ],
-    "inventory": [
-        {"id": 1, "seats_total": 3, "seats_held": 0, "seats_sold": 3},
-        {"id": 2, "seats_total": 2, "seats_held": 2, "seats_sold": 1},  # held + sold > total
-    ],
-    "notifications": [
-        {"order_id": "a", "kind": "order_confirmed"},
-        {"order_id": "a", "kind": "order_confirmed"},
-    ],
+    "inventory": {
+        "shows": [
+            {"id": 1, "seats_total": 3, "seats_held": 0, "seats_sold": 3},
+            {"id": 2, "seats_total": 2, "seats_held": 2, "seats_sold": 1},  # held + sold > total
+            {"id": 3, "seats_total": 5, "seats_held": 2, "seats_sold": 0},
+        ],
+        "holds": [
+            {"order_id": "a", "status": "confirmed"},
+            {"order_id": "b", "status": "confirmed"},
+            {"order_id": "c", "status": "held"},
+            {"order_id": "d", "status": "held"},  # held for a failed order
+            {"order_id": "e", "status": "released"},
+            {"order_id": "f", "status": "held"},
+            {"order_id": "old", "status": "confirmed"},
+        ],
+    },
+    "notifications": {
+        "rows": [],
+        "mail": [  # what the mail backend took: a confirmed twice, e told never
+            {"order_id": "a", "kind": "order_confirmed"},
+            {"order_id": "a", "kind": "order_confirmed"},
+        ],
+    },
 }
 
 
 def test_the_audit_finds_every_kind_of_damage_in_the_runs_orders_only():
-    found = audit(LEDGER, run_orders={"a", "b", "c", "d"}, answered={"a", "b", "zz"})
-    assert found["orders"] == ["a", "b", "c", "d"]
+    found = audit(LEDGER, run_orders={"a", "b", "c", "d", "e", "f"}, answered={"a", "b", "zz"})
+    assert found["orders"] == ["a", "b", "c", "d", "e", "f"]
     assert found["double_charged"] == ["a"]
-    assert found["paid_not_confirmed"] == ["d"]
+    assert found["paid_not_confirmed"] == ["d", "f"]
+    assert found["paid_without_seats"] == ["d", "f"]
+    assert found["failed_but_charged"] == ["d"]
     assert found["confirmed_not_paid"] == ["b"]
     assert found["answered_but_missing"] == ["zz"]
-    assert found["unsettled"] == ["c"]
+    assert found["unsettled"] == ["c", "f"]
+    assert found["stuck"] == ["f"]
+    assert found["orphaned_running_tasks"] == ["task-1"]
+    assert found["orphaned_holds"] == ["d"]
     assert found["oversold_shows"] == [2]
     assert found["seats_not_matching_orders"] == []  # 3 sold = 1 + 2 on show 1; 1 = old on 2
     assert found["emails_not_exactly_once"] == ["a", "b"]
-    assert lost(found) == ["d", "zz"]
+    assert found["refund_notices_not_once"] == ["e"]
+    assert lost(found) == ["d", "f", "zz"]
+
+
+def test_without_a_mail_backend_to_read_the_audit_counts_sent_rows():
+    ledger = {
+        **LEDGER,
+        "notifications": {
+            "rows": [{"order_id": "a", "kind": "order_confirmed", "status": "sent"}],
+            "mail": None,
+        },
+    }
+    assert audit(ledger, {"a"}, {"a"})["emails_not_exactly_once"] == []
 
 
 def test_counter_deltas_subtract_what_was_there_before_the_run():

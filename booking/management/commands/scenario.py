@@ -24,12 +24,18 @@ class Command(BaseCommand):
             "and print both side by side",
         )
         parser.add_argument(
+            "--seed",
+            type=int,
+            default=1,
+            help="the nemesis's seed (chaos-monkey): the same seed, the same choices",
+        )
+        parser.add_argument(
             "--out",
             type=Path,
             help="where to write the JSON and the PNG chart (default: var/scenarios/)",
         )
 
-    def handle(self, *args, action, name=None, compare=False, out=None, **options):
+    def handle(self, *args, action, name=None, compare=False, out=None, seed=1, **options):
         if action == "list":
             width = max(len(n) for n in SCENARIOS)
             for scenario in SCENARIOS.values():
@@ -47,11 +53,16 @@ class Command(BaseCommand):
         for resilience in [False, True] if compare else [True]:
             results.append(
                 runner.run(
-                    scenario, resilience=resilience, out=lambda line: self.stderr.write(line)
+                    scenario,
+                    resilience=resilience,
+                    out=lambda line: self.stderr.write(line),
+                    seed=seed,
                 )
             )
         self.stdout.write("\n" + report.table(scenario, results) + "\n")
         stem = f"{name}-compare" if compare else name
+        if scenario.nemesis:
+            stem += f"-seed{seed}"
         report.write_json(out / f"{stem}.json", scenario, results)
         report.write_chart(out / f"{stem}.png", scenario, results)
         self.stdout.write(
