@@ -113,6 +113,15 @@ call_duration = Histogram(
     ["name", "outcome"],
     buckets=DURATION_BUCKETS,
 )
+policy_setting = Gauge(
+    "resilience_policy_setting",
+    "A policy's configuration, for dashboards and alerts: attempt_timeout_seconds "
+    "(CONNECT + READ), deadline_seconds, slow_call_duration_seconds, "
+    "wait_duration_in_open_state_seconds, failure_rate_threshold and slow_call_rate_threshold "
+    "(percent), enabled (1 or 0).",
+    ["name", "setting"],
+    multiprocess_mode="livemax",
+)
 storage_available = Gauge(
     "resilience_storage_available",
     "1 while the Redis that holds shared breaker state answers this process, else 0.",
@@ -334,3 +343,18 @@ def reason(exc: BaseException) -> str:
             out.append("_")
         out.append(ch.lower())
     return "".join(out)
+
+
+def describe_policy(config) -> None:
+    """Publish a policy's settings (``policy_setting``); called once when it is built."""
+    breaker = config.circuit_breaker
+    for setting, value in (
+        ("attempt_timeout_seconds", config.timeout.connect + config.timeout.read),
+        ("deadline_seconds", config.deadline),
+        ("slow_call_duration_seconds", breaker.slow_call_duration),
+        ("wait_duration_in_open_state_seconds", breaker.wait_duration_in_open_state),
+        ("failure_rate_threshold", breaker.failure_rate_threshold),
+        ("slow_call_rate_threshold", breaker.slow_call_rate_threshold),
+        ("enabled", 1 if config.enabled else 0),
+    ):
+        policy_setting.labels(config.name, setting).set(value)

@@ -47,6 +47,7 @@ class Policy:
         self.config = config
         self.clock = clock
         self.stats = metrics.stats_for(config.name)
+        metrics.describe_policy(config)
         self.bulkhead = Bulkhead(
             config.name, config.bulkhead.max_concurrent_calls, config.bulkhead.max_wait
         )
