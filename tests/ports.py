@@ -1,6 +1,6 @@
 """Ports on 127.0.0.1 that nothing listens on (yet): for stacks to bind, or to be refused."""
 
-from booking.scenarios.stack import free_ports
+from workshop.scenarios.stack import free_ports
 
 __all__ = ["closed_port_url", "free_ports"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from booking.scenarios.stack import free_ports
+from workshop.scenarios.stack import free_ports
 
 BINARY = shutil.which("redis-server") or "/usr/bin/redis-server"
 

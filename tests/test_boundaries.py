@@ -35,3 +35,15 @@ def test_a_service_imports_no_other_service(service):
 def test_shared_packages_import_no_service(package):
     imports = imported_top_levels(package)
     assert {name: files for name, files in imports.items() if name in SERVICES} == {}
+
+
+@pytest.mark.parametrize("package", [*SERVICES, "resilience", "booking", "chaos"])
+def test_nothing_of_the_services_imports_the_workshop_layer(package):
+    """The stack, scenarios, labs and console are tooling around the services: no service,
+    and nothing a service runs, may depend on them."""
+    assert "workshop" not in imported_top_levels(package)
+
+
+def test_the_workshop_layer_reaches_the_services_only_through_their_commands_and_apis():
+    imports = imported_top_levels("workshop")
+    assert {name: files for name, files in imports.items() if name in SERVICES} == {}

@@ -12,6 +12,7 @@ INSTALLED_APPS = [
     "inventory",
     "notifications",
     "recommendations",
+    "workshop",
 ]
 ROOT_URLCONF = "booking.urls.test"
 DATABASES = {"default": service_database("test")}

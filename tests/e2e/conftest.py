@@ -1,4 +1,4 @@
-"""The real stack for end-to-end tests (``booking.scenarios.stack.RunningStack``): gunicorn
+"""The real stack for end-to-end tests (``workshop.scenarios.stack.RunningStack``): gunicorn
 processes on free 127.0.0.1 ports, supervised, in a temporary directory; stopped at the end of
 the module even when a test fails.
 
@@ -8,7 +8,7 @@ service gets its own PostgreSQL database and the breakers and the gateway cache 
 
 import pytest
 
-from booking.scenarios.stack import ROOT, SERVICES, RunningStack
+from workshop.scenarios.stack import ROOT, SERVICES, RunningStack
 
 __all__ = ["ROOT", "SERVICES", "RunningStack"]
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from booking.scenarios.load import ORDER, RECOMMENDATIONS, SHOW, SHOWS
-from booking.scenarios.stack import ROOT
+from workshop.scenarios.load import ORDER, RECOMMENDATIONS, SHOW, SHOWS
+from workshop.scenarios.stack import ROOT
 
 pytestmark = pytest.mark.e2e
 BROWSING = (SHOWS, SHOW, RECOMMENDATIONS)
@@ -17,7 +17,7 @@ BROWSING = (SHOWS, SHOW, RECOMMENDATIONS)
 
 @pytest.mark.timeout(400)
 def test_payment_hang_side_by_side_shows_the_cascade_and_its_containment(tmp_path):
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "booking.settings.base"}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "booking.settings.workshop"}
     done = subprocess.run(
         [
             sys.executable,

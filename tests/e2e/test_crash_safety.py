@@ -11,13 +11,13 @@ import uuid
 import pytest
 import requests
 
-from booking.scenarios import report, runner
-from booking.scenarios.catalog import SCENARIOS
-from booking.scenarios.stack import RunningStack
+from workshop.scenarios import report, runner
+from workshop.scenarios.catalog import SCENARIOS
+from workshop.scenarios.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
 CHAOS = SCENARIOS["chaos-monkey"]
-RECONCILE_INTERVAL = 2  # booking/scenarios/stack.py: ORDERS_RECONCILE_INTERVAL of every stack
+RECONCILE_INTERVAL = 2  # workshop/scenarios/stack.py: ORDERS_RECONCILE_INTERVAL of every stack
 
 
 @pytest.fixture(scope="module")

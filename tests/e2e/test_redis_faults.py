@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from booking.scenarios.runner import breaker_states
-from booking.scenarios.stack import RunningStack
 from tests.redis_server import RedisServer
+from workshop.scenarios.runner import breaker_states
+from workshop.scenarios.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
 

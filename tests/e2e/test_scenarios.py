@@ -7,10 +7,10 @@ import time
 import pytest
 import requests
 
-from booking.scenarios import report, runner
-from booking.scenarios.catalog import SCENARIOS
-from booking.scenarios.load import ORDER
 from tests.e2e.conftest import RunningStack
+from workshop.scenarios import report, runner
+from workshop.scenarios.catalog import SCENARIOS
+from workshop.scenarios.load import ORDER
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from booking.scenarios.stack import ROOT, SERVICES
+from workshop.scenarios.stack import ROOT, SERVICES
 
 pytestmark = pytest.mark.e2e
 

@@ -2,9 +2,9 @@
 
 import time
 
-from booking.scenarios.load import NO_ANSWER, ORDER, RECOMMENDATIONS, SHOWS, Load, Profile
 from tests.ports import closed_port_url
 from tests.services.conftest import close_db_connections
+from workshop.scenarios.load import NO_ANSWER, ORDER, RECOMMENDATIONS, SHOWS, Load, Profile
 
 
 def test_the_load_browses_and_books_and_stops_at_its_request_cap(stack, make_show):

@@ -17,9 +17,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         running = {
             str(pk): ids[-1] if ids else ""
-            for pk, ids in DBTaskResult.objects.filter(
-                status=TaskResultStatus.RUNNING
-            ).values_list("id", "worker_ids")
+            for pk, ids in DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).values_list(
+                "id", "worker_ids"
+            )
         }
         dead = reconciler.dead_workers(set(running.values()))
         return json.dumps(

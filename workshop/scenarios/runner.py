@@ -24,9 +24,9 @@ from pathlib import Path
 
 import requests
 
-from booking.scenarios.load import ENDPOINTS, ERROR, NO_ANSWER, OK, Load, Profile, Sample, tally
-from booking.scenarios.nemesis import Nemesis
-from booking.scenarios.stack import RunningStack
+from workshop.scenarios.load import ENDPOINTS, ERROR, NO_ANSWER, OK, Load, Profile, Sample, tally
+from workshop.scenarios.nemesis import Nemesis
+from workshop.scenarios.stack import RunningStack
 
 POLL_INTERVAL = 0.5
 SEVERITY = {"closed": 0, "half-open": 1, "open": 2}

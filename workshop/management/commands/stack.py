@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from booking.stack import SERVICES, Stack, StackError
+from workshop.stack import SERVICES, Stack, StackError
 
 PROGRAMS = (*SERVICES, "orders-worker", "inventory-sweeper")
 

@@ -1,9 +1,9 @@
 """The scenario runner's pure parts: percentiles, the audit of what was left behind, the table."""
 
-from booking.scenarios.catalog import SCENARIOS
-from booking.scenarios.load import ORDER, SHOWS, Profile, Sample
-from booking.scenarios.report import table, write_chart, write_json
-from booking.scenarios.runner import RunResult, audit, counter_deltas, lost, percentile
+from workshop.scenarios.catalog import SCENARIOS
+from workshop.scenarios.load import ORDER, SHOWS, Profile, Sample
+from workshop.scenarios.report import table, write_chart, write_json
+from workshop.scenarios.runner import RunResult, audit, counter_deltas, lost, percentile
 
 
 def test_percentile_is_nearest_rank():

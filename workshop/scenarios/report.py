@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from booking.scenarios.load import ENDPOINTS, ERROR, NO_ANSWER, ORDER, summarize
-from booking.scenarios.runner import RunResult, Scenario, label, lost
+from workshop.scenarios.load import ENDPOINTS, ERROR, NO_ANSWER, ORDER, summarize
+from workshop.scenarios.runner import RunResult, Scenario, label, lost
 
 
 def table(scenario: Scenario, results: list[RunResult]) -> str:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from booking.scenarios.stack import SERVICES, RunningStack
+from workshop.scenarios.stack import SERVICES, RunningStack
 
 CHARGES = {"path_prefix": "/api/charges/"}
 # Weights of the random kills.

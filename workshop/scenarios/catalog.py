@@ -3,7 +3,8 @@ with resilience on (the checks). ``docs/scenarios.md`` explains each one."""
 
 import math
 
-from booking.scenarios.load import (
+from resilience.conf import build_config
+from workshop.scenarios.load import (
     BUSINESS,
     OK,
     ORDER,
@@ -14,8 +15,7 @@ from booking.scenarios.load import (
     summarize,
     tally,
 )
-from booking.scenarios.runner import Check, RunResult, Scenario, Step, lost
-from resilience.conf import build_config
+from workshop.scenarios.runner import Check, RunResult, Scenario, Step, lost
 
 BROWSING = (SHOWS, SHOW, RECOMMENDATIONS)
 

@@ -65,7 +65,7 @@ class RunningStack:
                 for k, v in os.environ.items()
                 if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE", "CHAOS_TOKEN")
             },
-            "DJANGO_SETTINGS_MODULE": "booking.settings.base",
+            "DJANGO_SETTINGS_MODULE": "booking.settings.workshop",
             "BOOKING_VAR_DIR": str(self.var_dir),
             # The worker retries unsettled orders every 1-2 s instead of backing off to 30 s,
             # so that a run's queued work drains in seconds after the fault is lifted.
@@ -143,7 +143,7 @@ class RunningStack:
             self.manage(
                 "shell",
                 "-c",
-                "from booking.stack import Stack; Stack().drop_databases()",
+                "from workshop.stack import Stack; Stack().drop_databases()",
                 timeout=60,
             )
         if "BOOKING_NAMESPACE" in self.env:

@@ -4,8 +4,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from booking.scenarios import report, runner
-from booking.scenarios.catalog import SCENARIOS
+from workshop.scenarios import report, runner
+from workshop.scenarios.catalog import SCENARIOS
 
 
 class Command(BaseCommand):
