@@ -213,3 +213,63 @@ def test_the_locustfile_runs_the_booking_journey_without_failures(stack):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = done.stdout + done.stderr
     assert "/api/shows/{id}/recommendations/" in summary and "/api/orders/" in summary
+
+
+def test_every_metric_the_dashboard_and_the_alerts_query_is_served(stack):
+    """The Grafana dashboard and deploy/prometheus/alerts.yml select metrics by name: a typo or
+    a renamed metric is an empty panel and an alert that never fires. Each name they use is in
+    the live /metrics of some service (tests/test_alerts.py checks the same names against
+    resilience/metrics.py; this checks what the running services really serve).
+
+    Counters and histograms appear only once counted, so first: a booking (the calls,
+    durations, breakers, bulkheads and settings of gateway and orders), a retry (inventory
+    answers the gateway 503 once, the retry succeeds) and a fallback (recommendations answers
+    503 once, the gateway answers from its fallback)."""
+    import time
+
+    from tests.test_alerts import metric_names_in_queries
+
+    # The one name no test can make appear: a retry the retry budget refused. The budget
+    # allows at least 10 retries per 10 s, and the breaker opens after 5 failed attempts,
+    # long before. tests/test_alerts.py checks that resilience/metrics.py declares it.
+    not_provoked = {"resilience_retry_budget_exhausted_total"}
+
+    response = book(stack, show_id=7, quantity=1)
+    assert response.status_code == 201, response.text
+    try:
+        stack.inject(
+            "inventory",
+            {"fail_next": 1, "error_status": 503, "match": {"path_prefix": "/api/shows/"}},
+        )
+        shown = requests.get(stack.url("gateway", "/api/shows/7/"), timeout=10)
+        assert shown.status_code == 200, shown.text  # the second attempt answered
+        stack.inject(
+            "recommendations",
+            {
+                "fail_next": 1,
+                "error_status": 503,
+                "match": {"path_prefix": "/api/recommendations/"},
+            },
+        )
+        answer = requests.get(stack.url("gateway", "/api/shows/7/recommendations/"), timeout=10)
+        assert answer.json()["source"] in ("cache", "popular")
+    finally:
+        stack.lift("inventory")
+        stack.lift("recommendations")
+
+    wanted = set(metric_names_in_queries()) - not_provoked
+    assert "resilience_circuitbreaker_process_state" in wanted  # the names were found at all
+
+    def missing() -> set[str]:
+        # Sample names (resilience_retry_attempts_total), not family names (..._attempts):
+        # the queries select samples.
+        served = {name for service in SERVICES for name, _labels, _value in stack.metrics(service)}
+        return wanted - served
+
+    # The other worker processes of a service add their counts to /metrics once a second.
+    end = time.monotonic() + 15
+    gone = missing()
+    while gone and time.monotonic() < end:
+        time.sleep(0.5)
+        gone = missing()
+    assert gone == set(), f"queried by the dashboard or alerts.yml, served by no service: {gone}"
