@@ -7,6 +7,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY booking booking
 COPY resilience resilience
+COPY chaos chaos
+COPY workshop workshop
 COPY gateway gateway
 COPY orders orders
 COPY payments payments

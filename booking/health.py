@@ -1,5 +1,7 @@
 """``/health/``: this service's own status, plus the state of each of its circuit breakers."""
 
+import os
+
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
@@ -23,6 +25,9 @@ def health(request):
     database = _database_ok()
     body = {
         "service": settings.SERVICE_NAME,
+        # Which gunicorn worker answered: two reads of /health/ may come from two processes,
+        # each with its own breakers (memory storage).
+        "worker": os.getpid(),
         "status": "ok" if database else "degraded",
         "database": "ok" if database else "unavailable",
         "circuit_breakers": breaker_states(getattr(settings, "SERVICE_DEPENDENCIES", None)),

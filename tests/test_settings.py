@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ("gateway", "orders", "payments", "inventory", "notifications", "recommendations")
+SERVICES = (
+    "gateway",
+    "orders",
+    "payments",
+    "inventory",
+    "notifications",
+    "recommendations",
+    "console",
+)
 SECRET = secrets.token_urlsafe(50)  # made for this run only
 
 

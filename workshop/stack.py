@@ -22,6 +22,7 @@ import requests
 from django.conf import settings
 
 SERVICES = ("gateway", "orders", "payments", "inventory", "notifications", "recommendations")
+CONSOLE = "console"  # the control room: started with the stack, never one of its faulted services
 DEMO_DATA_OWNERS = ("inventory", "recommendations")
 # Passed to every process, so that the same checkout behaves the same under the stack.
 FORWARDED = (
@@ -83,7 +84,7 @@ class Stack:
             "DJANGO_SETTINGS_MODULE": f"booking.settings.{service}",
             "BOOKING_VAR_DIR": str(self.var),
             "PYTHONUNBUFFERED": "1",
-            **{f"{name.upper()}_URL": settings.SERVICE_URLS[name] for name in SERVICES},
+            **{f"{name.upper()}_URL": settings.SERVICE_URLS[name] for name in (*SERVICES, CONSOLE)},
         }
         template = os.environ.get("STACK_DATABASE_URL")
         if template:
@@ -94,7 +95,15 @@ class Stack:
         for name in FORWARDED:
             if name in os.environ:
                 env[name] = os.environ[name]
+        mode = self.dir / "resilience"
+        if mode.exists():  # set by the control room: `stack` restarts with it
+            env["RESILIENCE_ENABLED"] = "1" if mode.read_text().strip() == "on" else "0"
         return env
+
+    def resilience_enabled(self) -> bool:
+        if service_env := self.env("orders").get("RESILIENCE_ENABLED"):
+            return service_env.strip().lower() not in ("0", "false", "no", "off")
+        return True
 
     def programs(self) -> dict[str, tuple[str, dict[str, str]]]:
         """Supervisor program name -> (command, environment)."""
@@ -113,6 +122,22 @@ class Stack:
         programs["orders-worker"] = (
             f"{self.python} manage.py orders_worker --interval 0.5 --no-startup-delay",
             self.env("orders"),
+        )
+        console = {
+            key: value
+            for key, value in self.env(CONSOLE).items()
+            if key != "RESILIENCE_ENABLED"  # switching resilience never restarts the console
+        }
+        programs[CONSOLE] = (
+            f"{self.python} -m gunicorn booking.wsgi:application -c booking/gunicorn_conf.py",
+            {
+                **console,
+                "GUNICORN_BIND": self.bind(CONSOLE),
+                "GUNICORN_PROC_NAME": "booking-console",
+                "GUNICORN_WORKERS": "1",  # one process: one picture, one event log
+                "GUNICORN_THREADS": "8",
+                "CONSOLE_SUPERVISOR_SOCKET": str(self.dir / "supervisor.sock"),
+            },
         )
         sweep_every = os.environ.get("SEAT_HOLD_SWEEP_EVERY", "30")
         programs["inventory-sweeper"] = (
@@ -181,10 +206,11 @@ class Stack:
         return file.read_text().strip()
 
     def prepare(self) -> None:
-        for sub in ("db", "log", "mail", "stack", "cache", "chaos"):
+        for sub in ("db", "log", "mail", "stack", "cache", "chaos", "console"):
             (self.var / sub).mkdir(parents=True, exist_ok=True)
         for fault in (self.var / "chaos").glob("*.json"):
             fault.unlink()  # a new stack starts without faults
+        (self.dir / "resilience").unlink(missing_ok=True)  # and as its environment says
         self.create_databases()
         self.out("Migrating the databases of all six services ...")
         with ThreadPoolExecutor(max_workers=3) as pool:
@@ -257,7 +283,7 @@ class Stack:
 
     def health(self) -> dict[str, int | None]:
         status = {}
-        for service in SERVICES:
+        for service in (CONSOLE, *SERVICES):
             try:
                 status[service] = requests.get(
                     f"{settings.SERVICE_URLS[service]}/health/", timeout=2
@@ -268,7 +294,7 @@ class Stack:
 
     def wait_healthy(self, timeout: float = 90.0, alive: Callable[[], bool] = lambda: True) -> None:
         end = time.monotonic() + timeout
-        waiting = list(SERVICES)
+        waiting = [CONSOLE, *SERVICES]
         while waiting:
             if not alive():
                 raise StackError(
@@ -279,9 +305,33 @@ class Stack:
                     f"not healthy after {timeout:.0f} s: {', '.join(waiting)} (logs in {self.var / 'log'})"
                 )
             health = self.health()
-            waiting = [s for s in SERVICES if health[s] != 200]
+            waiting = [s for s in (CONSOLE, *SERVICES) if health[s] != 200]
             if waiting:
                 time.sleep(0.3)
+
+    def set_resilience(self, enabled: bool) -> list[str]:
+        """Restart every service (and the worker) with resilience on or off; the programs that
+        were restarted. The control room stays up."""
+        (self.dir / "resilience").write_text("on" if enabled else "off")
+        self.write_config()
+        return self.update()
+
+    def update(self) -> list[str]:
+        """Apply a rewritten configuration to the running supervisord, as `supervisorctl
+        update` does: every changed program is stopped, replaced and started."""
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, f"unix://{self.dir / 'supervisor.sock'}")
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+        [[added, changed, removed]] = proxy.reloadConfig()
+        for name in changed + removed:
+            proxy.stopProcessGroup(name, True)
+            proxy.removeProcessGroup(name)
+        for name in changed + added:
+            proxy.addProcessGroup(name)
+        return sorted(changed + added)
 
     def supervisord(self, *, foreground: bool) -> list[str]:
         return [
@@ -349,6 +399,7 @@ class Stack:
     def banner(self) -> None:
         gateway = settings.SERVICE_URLS["gateway"]
         self.out(f"\nThe concert-booking stack is up (logs in {self.var / 'log'}):")
+        self.out(f"  control room     {settings.SERVICE_URLS[CONSOLE]}/")
         self.out(f"  storefront       {gateway}/")
         self.out(f"  public API       {gateway}/api/shows/   (docs: {gateway}/api/docs/)")
         for service in SERVICES:

@@ -129,10 +129,13 @@ SERVICE_URLS = {
     "inventory": env_str("INVENTORY_URL", "http://127.0.0.1:8003"),
     "notifications": env_str("NOTIFICATIONS_URL", "http://127.0.0.1:8004"),
     "recommendations": env_str("RECOMMENDATIONS_URL", "http://127.0.0.1:8005"),
+    "console": env_str("CONSOLE_URL", "http://127.0.0.1:8080"),  # the control room
 }
 
 # Where ServiceClient("payments") finds payments: every service another one calls.
-RESILIENCE_SERVICES = {name: url for name, url in SERVICE_URLS.items() if name != "gateway"}
+RESILIENCE_SERVICES = {
+    name: url for name, url in SERVICE_URLS.items() if name not in ("gateway", "console")
+}
 
 # Shared circuit-breaker state: None keeps each process's state in memory.
 RESILIENCE_STORAGE = env_str("RESILIENCE_STORAGE_URL") or None

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "orders", "payments", "inventory", "notifications", "recommendations")
+CONSOLE = "console"
 STARTUP_TIMEOUT = 120
 
 
@@ -57,7 +58,7 @@ class RunningStack:
         self.stopped: set[str] = set()  # programs stopped with stop()
         self.urls = {
             name: f"http://127.0.0.1:{port}"
-            for name, port in zip(SERVICES, free_ports(len(SERVICES)), strict=True)
+            for name, port in zip((*SERVICES, CONSOLE), free_ports(len(SERVICES) + 1), strict=True)
         }
         self.env = {
             **{
@@ -97,6 +98,27 @@ class RunningStack:
             self.env["RESILIENCE_STORAGE_URL"] = self.redis_url
             self.env["CACHE_URL"] = self.redis_url
             self.env["BOOKING_NAMESPACE"] = f"stack-{self.id}"
+
+    @classmethod
+    def attach(
+        cls, var_dir: Path, urls: dict[str, str], token: str, *, resilience: bool = True
+    ) -> "RunningStack":
+        """A stack that is already running (``make up``'s, for the control room): read,
+        faulted and driven like any other, but never started or stopped by this object."""
+        stack = cls.__new__(cls)
+        stack.id = "attached"
+        stack.var_dir = Path(var_dir)
+        stack.resilience = resilience
+        stack.faulted, stack.stopped = set(), set()
+        stack.urls = dict(urls)
+        stack.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "booking.settings.workshop",
+            "BOOKING_VAR_DIR": str(stack.var_dir),
+            "CHAOS_TOKEN": token,
+        }
+        stack.redis_url = None
+        return stack
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -59,11 +59,13 @@ class Command(BaseCommand):
                     seed=seed,
                 )
             )
-        self.stdout.write("\n" + report.table(scenario, results) + "\n")
+        table = report.table(scenario, results)
+        self.stdout.write("\n" + table + "\n")
         stem = f"{name}-compare" if compare else name
         if scenario.nemesis:
             stem += f"-seed{seed}"
         report.write_json(out / f"{stem}.json", scenario, results)
+        (out / f"{stem}.txt").write_text(table + "\n")  # the control room shows it
         report.write_chart(out / f"{stem}.png", scenario, results)
         self.stdout.write(
             f"\nraw results: {out / f'{stem}.json'}\nchart:       {out / f'{stem}.png'}\n"
