@@ -16,6 +16,9 @@ threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 5
 keepalive = 5
+# Supervisor (or the platform) controls the processes. gunicorn's control socket would sit at
+# one path in $HOME for all six services, and for every stack a test starts.
+control_socket_disable = True
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 proc_name = os.environ.get("GUNICORN_PROC_NAME", "booking")

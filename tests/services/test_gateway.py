@@ -71,10 +71,13 @@ def test_orders_unavailable_is_a_503_that_says_only_what_is_known(
 
 def test_the_storefront_renders_and_books(client, stack, settings, make_show):
     show = make_show(title="Winter Lights")
-    assert "Winter Lights" in client.get("/gateway/").content.decode()
+    listing = client.get("/gateway/").content.decode()
+    assert "Winter Lights" in listing
+    assert "Sunday 14 February 2027" in listing and "2027-02-14" not in listing
     page = client.get(f"/gateway/shows/{show.pk}/")
     assert page.status_code == 200
     assert "Book now" in page.content.decode()
+    assert "Sunday 14 February 2027, 19:30" in page.content.decode()
     key = page.context["form"].initial["idempotency_key"]
     form = {
         "quantity": 2,
