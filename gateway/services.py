@@ -10,10 +10,19 @@ recommendations service at all.
 import logging
 
 from django.core.cache import cache
+from prometheus_client import Counter
 
 from gateway import clients
 
 logger = logging.getLogger(__name__)
+
+# Which link of the fallback chain answered: live, cache or popular.
+recommendation_answers = Counter(
+    "gateway_recommendations",
+    "Recommendations the gateway answered, by the link of the fallback chain that gave them: "
+    "live, cache, popular.",
+    ["source"],
+)
 
 
 def _cache_get(key: str):
@@ -93,7 +102,9 @@ def recommendations_for(show_id: int) -> dict:
 
     live = clients.recommendations_live(show_id, fallback=fallback)
     if isinstance(live, dict):  # the fallback answered
+        recommendation_answers.labels(live["source"]).inc()
         return live
     shows = _summaries([r["show_id"] for r in live][:RECOMMENDATION_LIMIT])
     _cache_set(key, shows)
+    recommendation_answers.labels("live").inc()
     return {"source": "live", "shows": shows}

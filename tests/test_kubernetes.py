@@ -80,6 +80,10 @@ LEFT_UNSET = {
     },
     "the image sets it (Dockerfile)": {"BOOKING_VAR_DIR"},
     "Kubernetes runs the processes, not supervisord": {"CONSOLE_SUPERVISOR_SOCKET"},
+    "the local stack's workshop tooling (`manage.py stack policy`, `lab prometheus`)": {
+        "RESILIENCE_POLICY_OVERRIDES",
+        "LAB_PROMETHEUS_URL",
+    },
     "it follows CHAOS_ENABLED": {"CONSOLE_WRITES_ENABLED"},
     f"`mesh export istio --app-policies off` sets it (ConfigMap {mesh.APP_POLICIES_CONFIGMAP})": {
         "RESILIENCE_ENABLED"

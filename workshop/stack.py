@@ -8,6 +8,8 @@ each service gets its own PostgreSQL database instead of its own SQLite file.
 """
 
 import contextlib
+import importlib
+import json
 import os
 import signal
 import subprocess
@@ -56,6 +58,25 @@ class StackError(Exception):
     pass
 
 
+SUPERVISOR_USER = "stack"
+
+
+def supervisor_rpc(socket_path: Path | str):
+    """supervisord's XML-RPC interface over the stack's unix socket, with the stack's
+    credentials (``supervisor-secret``, next to the socket; none for a stack without)."""
+    import xmlrpc.client
+
+    from supervisor.xmlrpc import SupervisorTransport
+
+    socket_path = Path(socket_path)
+    secret_file = socket_path.with_name("supervisor-secret")
+    secret = secret_file.read_text().strip() if secret_file.exists() else None
+    transport = SupervisorTransport(
+        SUPERVISOR_USER if secret else None, secret, f"unix://{socket_path}"
+    )
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt()
 
@@ -68,6 +89,7 @@ class Stack:
         self.conf = self.dir / "supervisord.conf"
         self.out = out
         self.python = sys.executable
+        self.policy_overrides = self.dir / "policies.json"
 
     # -- what runs where ---------------------------------------------------------------------
 
@@ -95,6 +117,8 @@ class Stack:
         for name in FORWARDED:
             if name in os.environ:
                 env[name] = os.environ[name]
+        # A workshop's policy changes (`stack policy`): read by every process at its start.
+        env["RESILIENCE_POLICY_OVERRIDES"] = str(self.policy_overrides)
         mode = self.dir / "resilience"
         if mode.exists():  # set by the control room: `stack` restarts with it
             env["RESILIENCE_ENABLED"] = "1" if mode.read_text().strip() == "on" else "0"
@@ -211,6 +235,7 @@ class Stack:
         for fault in (self.var / "chaos").glob("*.json"):
             fault.unlink()  # a new stack starts without faults
         (self.dir / "resilience").unlink(missing_ok=True)  # and as its environment says
+        self.policy_overrides.unlink(missing_ok=True)  # with the policies as shipped
         self.create_databases()
         self.out("Migrating the databases of all six services ...")
         with ThreadPoolExecutor(max_workers=3) as pool:
@@ -223,20 +248,30 @@ class Stack:
         def quote(value: str) -> str:
             return '"' + value.replace("%", "%%").replace('"', '\\"') + '"'
 
+        secret = self.supervisor_secret()
         lines = [
+            # Only this user may connect, and with the password: a process of another user
+            # on the machine cannot stop or start the stack's programs.
             "[unix_http_server]",
             f"file={self.dir / 'supervisor.sock'}",
+            "chmod=0700",
+            f"username={SUPERVISOR_USER}",
+            f"password={secret}",
             "",
             "[supervisord]",
             f"logfile={self.var / 'log' / 'supervisord.log'}",
             f"pidfile={self.dir / 'supervisord.pid'}",
             "loglevel=warn",
+            # Said so when it is the case (a container), rather than warned about at each start.
+            *(["user=root"] if os.geteuid() == 0 else []),
             "",
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
             "",
             "[supervisorctl]",
             f"serverurl=unix://{self.dir / 'supervisor.sock'}",
+            f"username={SUPERVISOR_USER}",
+            f"password={secret}",
             "",
         ]
         for name, (command, env) in self.programs().items():
@@ -256,7 +291,20 @@ class Stack:
                 "startretries=1000",
                 "",
             ]
+        self.conf.touch(mode=0o600)
+        self.conf.chmod(0o600)  # it holds the chaos token and the supervisor password
         self.conf.write_text("\n".join(lines))
+
+    def supervisor_secret(self) -> str:
+        """The password of the stack's supervisord (var/stack/supervisor-secret, 0600)."""
+        file = self.dir / "supervisor-secret"
+        if not file.exists():
+            import secrets
+
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.touch(mode=0o600)
+            file.write_text(secrets.token_urlsafe(24))
+        return file.read_text().strip()
 
     # -- running -------------------------------------------------------------------------------------
 
@@ -309,6 +357,63 @@ class Stack:
             if waiting:
                 time.sleep(0.3)
 
+    def set_policy(self, changes: dict[str, dict[str, dict | object]]) -> list[str]:
+        """Change policies for this stack (``{"payments": {"TIMEOUT": {"READ": 0.4}}}``; an
+        empty dict forgets every change), then restart the services that use them, as a
+        person would after editing settings. The programs restarted. ``StackError`` for a
+        policy that does not exist or a setting the checks refuse."""
+        from booking.settings.base import _with_overrides
+        from resilience import conf
+
+        shipped = importlib.import_module("booking.settings.base").RESILIENCE_POLICIES
+        unknown = sorted(set(changes) - set(shipped))
+        if unknown:
+            raise StackError(
+                f"no policy {', '.join(map(repr, unknown))}: one of {', '.join(shipped)}"
+            )
+        before = {}
+        if self.policy_overrides.exists():
+            before = json.loads(self.policy_overrides.read_text())
+        current = json.loads(json.dumps(before)) if changes else {}
+        for name, sections in changes.items():
+            entry = current.setdefault(name, {})
+            for key, value in sections.items():
+                entry[key] = {**entry.get(key, {}), **value} if isinstance(value, dict) else value
+        candidate = self.policy_overrides.with_suffix(".new")
+        candidate.write_text(json.dumps(current))
+        problems = conf.validate(_with_overrides(shipped, str(candidate)))
+        if problems:
+            candidate.unlink()
+            raise StackError("; ".join(str(p) for p in problems))
+        if current:
+            candidate.replace(self.policy_overrides)
+        else:  # as shipped
+            candidate.unlink()
+            self.policy_overrides.unlink(missing_ok=True)
+        return self.restart_services(self._callers({*before, *changes}))
+
+    @staticmethod
+    def _callers(policies) -> list[str]:
+        """The programs that build any of these policies (every one for "default")."""
+        programs = []
+        for service in SERVICES:
+            module = importlib.import_module(f"booking.settings.{service}")
+            uses = set(getattr(module, "SERVICE_DEPENDENCIES", []))
+            if "default" in policies or uses & set(policies):
+                programs.append(service)
+                if service == "orders":
+                    programs.append("orders-worker")
+        return programs
+
+    def restart_services(self, programs=(*SERVICES, "orders-worker")) -> list[str]:
+        """Restart these programs (every service and the worker: the console aside) and wait
+        until every service answers its health check."""
+        programs = list(programs)
+        if programs:
+            self.ctl("restart", *programs)
+        self.wait_healthy(timeout=120)
+        return programs
+
     def set_resilience(self, enabled: bool) -> list[str]:
         """Restart every service (and the worker) with resilience on or off; the programs that
         were restarted. The control room stays up."""
@@ -319,12 +424,7 @@ class Stack:
     def update(self) -> list[str]:
         """Apply a rewritten configuration to the running supervisord, as `supervisorctl
         update` does: every changed program is stopped, replaced and started."""
-        import xmlrpc.client
-
-        from supervisor.xmlrpc import SupervisorTransport
-
-        transport = SupervisorTransport(None, None, f"unix://{self.dir / 'supervisor.sock'}")
-        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+        proxy = supervisor_rpc(self.dir / "supervisor.sock")
         [[added, changed, removed]] = proxy.reloadConfig()
         for name in changed + removed:
             proxy.stopProcessGroup(name, True)

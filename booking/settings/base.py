@@ -1,5 +1,6 @@
 """Settings shared by every service. Per-service modules import from here and add their apps."""
 
+import json
 from pathlib import Path
 
 from booking.settings.env import database, env_bool, env_int, env_list, env_str
@@ -204,6 +205,27 @@ RESILIENCE_POLICIES = {
         "BULKHEAD": {"MAX_CONCURRENT_CALLS": 20},
     },
 }
+
+
+def _with_overrides(policies: dict, path: str | None) -> dict:
+    """``RESILIENCE_POLICIES`` with a workshop's changes merged in, section by section: the
+    JSON file ``manage.py stack policy`` writes, which the local stack names in
+    ``RESILIENCE_POLICY_OVERRIDES`` (unset everywhere else)."""
+    if not path or not Path(path).exists():
+        return policies
+    overrides = json.loads(Path(path).read_text())
+    merged = {name: {**entry} for name, entry in policies.items()}
+    for name, changes in overrides.items():
+        entry = merged.setdefault(name, {})
+        for key, value in changes.items():
+            if isinstance(value, dict):
+                entry[key] = {**entry.get(key, {}), **value}
+            else:
+                entry[key] = value
+    return merged
+
+
+RESILIENCE_POLICIES = _with_overrides(RESILIENCE_POLICIES, env_str("RESILIENCE_POLICY_OVERRIDES"))
 
 # How long seats stay held for an order that is not yet paid; renewed by every retry.
 SEAT_HOLD_TTL = env_int("SEAT_HOLD_TTL", 1800)

@@ -258,6 +258,7 @@ class TestLabCheckpoint:
     @pytest.fixture
     def repository(self, settings, tmp_path):
         settings.BASE_DIR = tmp_path
+        settings.VAR_DIR = tmp_path / "var"
         return tmp_path
 
     def exported(self, repository: Path, *args: str) -> Path:

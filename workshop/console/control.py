@@ -130,10 +130,9 @@ def supervisor():
     socket_path = settings.CONSOLE_SUPERVISOR_SOCKET
     if not socket_path or not Path(socket_path).exists():
         return None
-    from supervisor.xmlrpc import SupervisorTransport
+    from workshop.stack import supervisor_rpc
 
-    transport = SupervisorTransport(None, None, f"unix://{socket_path}")
-    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+    return supervisor_rpc(socket_path)
 
 
 def program_states() -> dict[str, str]:

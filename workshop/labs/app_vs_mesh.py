@@ -21,7 +21,7 @@ RETRY_GAP = "idempotency-aware retries"
 
 def checkpoint() -> list[str]:
     """What is still missing; an empty list when the lab is done."""
-    path = Path(settings.BASE_DIR) / EXPORT
+    path = Path(settings.VAR_DIR) / Path(EXPORT).relative_to("var")
     if not path.exists():
         return [f"{EXPORT} does not exist: export the rules with `{COMMAND}`"]
     try:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import uuid
-import xmlrpc.client
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -244,11 +243,9 @@ class RunningStack:
 
     def supervisor(self):
         """supervisord's XML-RPC interface, over its unix socket."""
-        from supervisor.xmlrpc import SupervisorTransport
+        from workshop.stack import supervisor_rpc
 
-        socket_path = self.var_dir / "stack" / "supervisor.sock"
-        transport = SupervisorTransport(None, None, f"unix://{socket_path}")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+        return supervisor_rpc(self.var_dir / "stack" / "supervisor.sock")
 
     def pid(self, program: str) -> int | None:
         """The pid of a program's main process (gunicorn's master), or None if not running."""

@@ -1,3 +1,4 @@
+import dataclasses
 import time
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from workshop.scenarios.catalog import SCENARIOS
 
 class Command(BaseCommand):
     help = (
-        "Run a failure scenario of the design notes on a fresh stack: `scenario list`, "
-        "`scenario run NAME [--compare]`."
+        "Run a failure scenario of the design notes on a fresh stack (or on the running one, "
+        "to watch it in the control room): `scenario list`, "
+        "`scenario run NAME [--compare | --on-stack] [--seed N] [--duration S]`."
     )
 
     def add_arguments(self, parser):
@@ -30,12 +32,34 @@ class Command(BaseCommand):
             help="the nemesis's seed (chaos-monkey): the same seed, the same choices",
         )
         parser.add_argument(
+            "--duration",
+            type=float,
+            help="seconds of load (default: the scenario's own); a shorter run for a workshop",
+        )
+        parser.add_argument(
+            "--on-stack",
+            action="store_true",
+            help="run on the stack `make up` started, as it runs (resilience on or off), "
+            "instead of a fresh one: the control room shows it live",
+        )
+        parser.add_argument(
             "--out",
             type=Path,
             help="where to write the JSON and the PNG chart (default: var/scenarios/)",
         )
 
-    def handle(self, *args, action, name=None, compare=False, out=None, seed=1, **options):
+    def handle(
+        self,
+        *args,
+        action,
+        name=None,
+        compare=False,
+        out=None,
+        seed=1,
+        duration=None,
+        on_stack=False,
+        **options,
+    ):
         if action == "list":
             width = max(len(n) for n in SCENARIOS)
             for scenario in SCENARIOS.values():
@@ -46,15 +70,30 @@ class Command(BaseCommand):
                 f"unknown scenario {name!r}: one of {', '.join(SCENARIOS)} (`scenario list`)"
             )
         scenario = SCENARIOS[name]
+        if duration is not None:
+            if not 5 <= duration <= 600:
+                raise CommandError("--duration must be between 5 and 600 seconds")
+            scenario = dataclasses.replace(
+                scenario, profile=dataclasses.replace(scenario.profile, duration=duration)
+            )
+        stack = None
+        if on_stack:
+            if compare:
+                raise CommandError(
+                    "--compare needs two fresh stacks; on the running one, switch with "
+                    "`manage.py stack resilience off|on` and run twice"
+                )
+            stack = self._running_stack()
         out = out or Path(settings.VAR_DIR) / "scenarios"
         out.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
         results = []
-        for resilience in [False, True] if compare else [True]:
+        for resilience in [False, True] if compare else [stack.resilience if stack else True]:
             results.append(
                 runner.run(
                     scenario,
                     resilience=resilience,
+                    stack=stack,
                     out=lambda line: self.stderr.write(line),
                     seed=seed,
                 )
@@ -64,6 +103,8 @@ class Command(BaseCommand):
         stem = f"{name}-compare" if compare else name
         if scenario.nemesis:
             stem += f"-seed{seed}"
+        if on_stack:
+            stem += "-live"
         report.write_json(out / f"{stem}.json", scenario, results)
         (out / f"{stem}.txt").write_text(table + "\n")  # the control room shows it
         report.write_chart(out / f"{stem}.png", scenario, results)
@@ -71,7 +112,24 @@ class Command(BaseCommand):
             f"\nraw results: {out / f'{stem}.json'}\nchart:       {out / f'{stem}.png'}\n"
             f"({time.monotonic() - began:.0f} s in all)"
         )
-        if results[-1].failed_checks:
+        if not results[-1].resilience:
+            self.stdout.write("(resilience is off on this stack: the checks were not run)")
+        elif results[-1].failed_checks:
             raise CommandError(
                 f"{len(results[-1].failed_checks)} check(s) failed with resilience on (see above)"
             )
+
+    def _running_stack(self):
+        """The stack `make up` started, driven as the control room drives it."""
+        from workshop.scenarios.stack import RunningStack
+        from workshop.stack import Stack
+
+        local = Stack(out=lambda line: None)
+        if not local.running():
+            raise CommandError("the stack is not running: start it with `make up` first")
+        return RunningStack.attach(
+            Path(settings.VAR_DIR),
+            settings.SERVICE_URLS,
+            local.chaos_token(),
+            resilience=local.resilience_enabled(),
+        )

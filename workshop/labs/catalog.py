@@ -1,0 +1,446 @@
+"""The workshop labs (docs/labs/NN-slug.md) and their checkpoints.
+
+A checkpoint says, item by item, whether what the lab's steps do has happened on the
+running stack since ``lab start``: counters and transitions that moved, orders and charges
+that were made, read from the services' ``/metrics`` and ledgers, never from anything the
+lab commands wrote down themselves. Items assert on ranges and counts, never on exact
+percentages, so that a noisy machine does not fail a learner who did the steps.
+"""
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from django.conf import settings
+
+from workshop.console.watch import Reading, quantile
+from workshop.labs import app_vs_mesh
+from workshop.labs import prometheus as lab_prometheus
+from workshop.labs.progress import Since, Snapshot
+from workshop.scenarios import runner
+from workshop.scenarios.stack import RunningStack
+
+
+@dataclass(frozen=True)
+class Item:
+    what: str
+    ok: bool
+    evidence: str
+
+
+@dataclass(frozen=True)
+class Lab:
+    number: int
+    slug: str
+    title: str
+    checkpoint: Callable[[Since | None], list[Item]]
+    ledger: bool = False  # the checkpoint reads the services' ledgers too
+    stack: bool = True  # needs the running stack (lab 9 does not)
+    # Done by `lab start` after the snapshot, so that the lab begins where its page says.
+    prepare: Callable[[RunningStack], str] | None = None
+
+    @property
+    def page(self) -> Path:
+        return Path("docs") / "labs" / f"{self.number:02d}-{self.slug}.md"
+
+
+def _shipped(policy: str, section: str, key: str):
+    return settings.RESILIENCE_POLICIES[policy][section][key]
+
+
+def _window_quantile(since: Since, q: float, caller: str, callee: str) -> float | None:
+    now = Reading(caller, since.now.taken)
+    now.samples = since.now.metrics.get(caller, [])
+    then = Reading(caller, since.start.taken)
+    if not since.restarted(caller):
+        then.samples = since.start.metrics.get(caller, [])
+    return quantile(q, now, then, "resilience_call_duration_seconds", name=callee)
+
+
+def free_seats(stack: RunningStack, seats: int = 100) -> str:
+    """Every show gets ``seats`` free seats (its total raised or lowered to what is sold and
+    held, plus that), so that the orders of earlier labs never sell a show out of this one."""
+    code = (
+        "from django.db.models import F\n"
+        "from inventory.models import Show\n"
+        f"Show.objects.update(seats_total=F('seats_sold') + F('seats_held') + {seats})\n"
+    )
+    done = stack.manage("shell", "-c", code, service="inventory", timeout=60)
+    if done.returncode:
+        raise RuntimeError(f"could not free seats: {done.stderr}")
+    return f"Every show has {seats} seats free for this lab."
+
+
+def leftovers(snapshot: Snapshot) -> list[str]:
+    """What an earlier lab left behind that would show in this one: faults still set,
+    breakers still open, policies changed."""
+    notes = []
+    for path in sorted((Path(settings.VAR_DIR) / "chaos").glob("*.json")):
+        if path.read_text().strip() not in ("", "{}"):
+            notes.append(f"Note: {path.stem} still has a fault set: `manage.py stack lift`")
+    for service, samples in snapshot.metrics.items():
+        opened = sorted(
+            {
+                labels["name"]
+                for name, labels, value in samples
+                if name == "resilience_circuitbreaker_process_state"
+                and labels["state"] != "closed"
+                and value
+            }
+        )
+        for callee in opened:
+            notes.append(
+                f"Note: {service} -> {callee}: a breaker is still open or half-open in some "
+                "worker; it closes after calls succeed (`manage.py lab traffic`)"
+            )
+    if (Path(settings.VAR_DIR) / "stack" / "policies.json").exists():
+        notes.append("Note: policies are changed (`manage.py stack policy reset` undoes it)")
+    return notes
+
+
+# -- 1. timeouts from P99 ---------------------------------------------------------------------------
+
+
+def timeouts_from_p99(since: Since) -> list[Item]:
+    calls = since.delta("gateway", "resilience_retry_calls_total", name="inventory")
+    timeout = since.value(
+        "gateway", "resilience_policy_setting", name="inventory", setting="attempt_timeout_seconds"
+    )
+    shipped = _shipped("inventory", "TIMEOUT", "CONNECT") + _shipped("inventory", "TIMEOUT", "READ")
+    delayed = since.delta("inventory", "chaos_injected_total", kind="latency")
+    timeouts = since.delta(
+        "gateway", "resilience_timeout_calls_total", name="inventory", kind="attempt"
+    )
+    return [
+        Item(
+            "traffic went through the gateway to inventory",
+            calls >= 20,
+            f"{calls:.0f} calls since the last restart of the gateway (at least 20)",
+        ),
+        Item(
+            f"inventory's attempt timeout set from the P99: well under the shipped {shipped:g} s",
+            timeout is not None and 0.05 <= timeout <= 1.0,
+            f"CONNECT + READ = {timeout if timeout is not None else '?'} s "
+            "(between 0.05 and 1.0 s)",
+        ),
+        Item(
+            "inventory answered slowly (latency injected through its chaos API)",
+            delayed >= 1,
+            f"{delayed:.0f} requests delayed",
+        ),
+        Item(
+            "the gateway stopped waiting at the new timeout",
+            timeouts >= 1,
+            f"{timeouts:.0f} attempts timed out (at least 1)",
+        ),
+    ]
+
+
+# -- 2. connect vs read timeout ---------------------------------------------------------------------
+
+
+def connect_vs_read(since: Since) -> list[Item]:
+    refused = since.delta(
+        "gateway",
+        "resilience_fallback_calls_total",
+        name="recommendations",
+        reason="upstream_connection",
+    )
+    slow = since.delta(
+        "gateway", "resilience_timeout_calls_total", name="recommendations", kind="attempt"
+    )
+    read = _shipped("recommendations", "TIMEOUT", "READ")
+    return [
+        Item(
+            "a refused port: the gateway's call failed at once and fell back",
+            refused >= 1,
+            f"{refused:.0f} fallbacks after a refused connection (at least 1)",
+        ),
+        Item(
+            f"a slow answer: the call was cut at the read timeout ({read:g} s)",
+            slow >= 1,
+            f"{slow:.0f} attempts timed out (at least 1)",
+        ),
+    ]
+
+
+# -- 3. retries and idempotency ---------------------------------------------------------------------
+
+
+def retries_and_idempotency(since: Since) -> list[Item]:
+    charged = Counter(c["order_id"] for c in since.new_charges() if c["status"] == "succeeded")
+    naive = sorted(o for o, n in charged.items() if o.startswith("lab3-naive-") and n >= 2)
+    keyed = sorted(o for o in charged if o.startswith("lab3-keyed-"))
+    orders = [o["id"] for o in since.new_orders()]
+    twice = [o for o in orders if charged[o] > 1]
+    timeouts = since.delta(
+        "orders", "resilience_timeout_calls_total", name="payments", kind="attempt"
+    )
+    retries = since.delta("orders", "resilience_retry_attempts_total", name="payments")
+    return [
+        Item(
+            "a retry with a new Idempotency-Key charged one order twice (by hand)",
+            bool(naive),
+            f"orders charged twice: {', '.join(naive) or 'none yet'}",
+        ),
+        Item(
+            "retries with the same key charged once",
+            bool(keyed) and all(charged[o] == 1 for o in keyed),
+            ", ".join(f"{o}: {charged[o]} charge(s)" for o in keyed) or "no lab3-keyed- order yet",
+        ),
+        Item(
+            "orders' charge attempt timed out and orders retried it",
+            timeouts >= 1 and retries >= 1,
+            f"{timeouts:.0f} attempts timed out, {retries:.0f} retries "
+            "(at least 1 each, since orders last started)",
+        ),
+        Item(
+            "no order placed through the stack charged twice",
+            bool(orders) and not twice,
+            f"{len(orders)} orders placed, {sum(1 for o in orders if charged[o])} charged, "
+            f"{len(twice)} twice",
+        ),
+    ]
+
+
+# -- 4. breaker states ------------------------------------------------------------------------------
+
+
+def breaker_states(since: Since) -> list[Item]:
+    moved = since.transitions("orders", "payments")
+    workers = [
+        labels["state"]
+        for name, labels, value in since.now.metrics.get("orders", [])
+        if name == "resilience_circuitbreaker_process_state"
+        and labels["name"] == "payments"
+        and value
+    ]
+    items = [
+        Item(
+            f"orders -> payments went {transition}",
+            moved.get(transition, 0) >= 1,
+            f"{moved.get(transition, 0):.0f} time(s)",
+        )
+        for transition in ("closed->open", "open->half-open", "half-open->closed")
+    ]
+    items.append(
+        Item(
+            "and is closed again in every orders worker",
+            bool(workers) and set(workers) == {"closed"},
+            ", ".join(workers) or "no worker has called payments",
+        )
+    )
+    return items
+
+
+# -- 5. the fallback chain --------------------------------------------------------------------------
+
+
+def fallback_chain(since: Since) -> list[Item]:
+    return [
+        Item(
+            f"recommendations answered from {source}",
+            since.delta("gateway", "gateway_recommendations_total", source=source) >= 1,
+            f"{since.delta('gateway', 'gateway_recommendations_total', source=source):.0f} answers",
+        )
+        for source in ("live", "cache", "popular")
+    ]
+
+
+def forget_cached_recommendations(stack: RunningStack) -> str:
+    """The gateway's cache has recommendations for every show browsed so far, so that
+    "popular" would never show: forget them (only them) for this lab."""
+    shows = requests.get(stack.url("gateway", "/api/shows/"), timeout=5).json()
+    ids = [int(show["id"]) for show in shows]
+    code = (
+        "from django.core.cache import cache\n"
+        "from gateway.services import RECOMMENDATIONS_KEY\n"
+        f"cache.delete_many([RECOMMENDATIONS_KEY.format(show_id=i) for i in {ids!r}])\n"
+    )
+    done = stack.manage("shell", "-c", code, service="gateway", timeout=60)
+    if done.returncode:
+        raise RuntimeError(f"could not clear the gateway's cache: {done.stderr}")
+    return f"The gateway's cached recommendations of {len(ids)} shows are forgotten."
+
+
+# -- 6. bulkheads ------------------------------------------------------------------------------------
+
+
+def bulkheads(since: Since) -> list[Item]:
+    def grew(callee, metric, **labels):
+        return since.delta("orders", metric, name=callee, **labels)
+
+    # Not notifications' own counters: its threads are all held by the hang, so that it
+    # does not answer /metrics either.
+    hung = grew("notifications", "resilience_timeout_calls_total")
+    rejected = grew("notifications", "resilience_bulkhead_calls_total", kind="rejected")
+    paid = grew("payments", "resilience_circuitbreaker_calls_total", kind="successful")
+    held = grew("inventory", "resilience_circuitbreaker_calls_total", kind="successful")
+    others = {
+        callee: grew(callee, "resilience_bulkhead_calls_total", kind="rejected")
+        for callee in ("payments", "inventory")
+    }
+    p99 = _window_quantile(since, 0.99, "gateway", "orders")
+    return [
+        Item(
+            "notifications hung: orders' calls to it timed out",
+            hung >= 1,
+            f"{hung:.0f} calls timed out (at least 1)",
+        ),
+        Item(
+            "orders' bulkhead for notifications filled and refused calls at once",
+            rejected >= 1,
+            f"{rejected:.0f} calls rejected (at least 1)",
+        ),
+        Item(
+            "payments and inventory untouched: their bulkheads refused nothing",
+            not any(others.values()) and paid >= 5 and held >= 5,
+            f"rejected: payments {others['payments']:.0f}, inventory {others['inventory']:.0f}; "
+            f"successful calls: payments {paid:.0f}, inventory {held:.0f} (at least 5 each)",
+        ),
+        Item(
+            "orders kept answering the gateway (p99 under 3 s)",
+            p99 is not None and p99 < 3.0,
+            f"p99 of the gateway's calls to orders: {'-' if p99 is None else f'{p99:.2f} s'}",
+        ),
+    ]
+
+
+# -- 7. monitoring and alerts -----------------------------------------------------------------------
+
+
+RULES = (
+    "CircuitBreakerOpen",
+    "HighFailureRate",
+    "LatencyNearTimeout",
+    "RetrySurge",
+    "FallbackSurge",
+)
+
+
+def monitoring_and_alerts(since: Since) -> list[Item]:
+    try:
+        groups = lab_prometheus.get("/api/v1/rules")["groups"]
+        targets = lab_prometheus.get("/api/v1/targets")["activeTargets"]
+        window = f"{int(since.seconds) + 5}s"
+        fired = lab_prometheus.get(
+            "/api/v1/query",
+            query=f'max_over_time(ALERTS{{alertname="CircuitBreakerOpen",alertstate="firing"}}[{window}])',
+        )["result"]
+    except lab_prometheus.PrometheusError as exc:
+        return [Item("Prometheus runs with the rules", False, str(exc))]
+    loaded = {rule["name"] for group in groups for rule in group["rules"]}
+    up = sorted(t["labels"].get("service", "?") for t in targets if t["health"] == "up")
+    edges = sorted(
+        f"{r['metric'].get('service')} -> {r['metric'].get('dependency')}" for r in fired
+    )
+    return [
+        Item(
+            "Prometheus loaded the alert rules",
+            set(RULES) <= loaded,
+            f"rules: {', '.join(sorted(loaded)) or 'none'}",
+        ),
+        Item(
+            "Prometheus scrapes the six services",
+            len(up) >= 6,
+            f"up: {', '.join(up) or 'none'}",
+        ),
+        Item(
+            "CircuitBreakerOpen fired for orders -> payments, and for nothing else",
+            edges == ["orders -> payments"],
+            f"fired since lab start for: {', '.join(edges) or 'nothing yet'}"
+            + ("" if set(edges) <= {"orders -> payments"} else " (see the notes of lab start)"),
+        ),
+    ]
+
+
+# -- 8. chaos engineering ---------------------------------------------------------------------------
+
+
+def chaos_engineering(since: Since) -> list[Item]:
+    killed = since.killed()
+    orders = {o["id"] for o in since.new_orders()}
+    audit = runner.audit(since.now.ledger, orders, orders)
+    wrong = {
+        key: found for key, found in audit.items() if key not in ("orders", "unsettled") and found
+    }
+    return [
+        Item(
+            "processes of this stack were SIGKILLed",
+            len(killed) >= 3,
+            f"restarted since lab start: {', '.join(killed) or 'none'} (at least 3 programs)",
+        ),
+        Item(
+            "orders were placed while they were",
+            len(orders) >= 20,
+            f"{len(orders)} orders (at least 20)",
+        ),
+        Item(
+            "every order settled: confirmed, or failed with nothing kept",
+            bool(orders) and not audit["unsettled"],
+            f"{len(audit['unsettled'])} unsettled",
+        ),
+        Item(
+            "the audit holds: none charged twice, lost, stuck, oversold or e-mailed twice",
+            not wrong,
+            "; ".join(f"{key}: {len(found)}" for key, found in wrong.items()) or "nothing wrong",
+        ),
+    ]
+
+
+# -- 9. application level vs mesh level (no stack needed) ----------------------------------------
+
+
+def app_vs_mesh_items(since: Since | None) -> list[Item]:
+    missing = app_vs_mesh.checkpoint()
+    if not missing:
+        return [
+            Item(
+                "the Istio rules are exported, valid, current, and the gaps are listed",
+                True,
+                app_vs_mesh.EXPORT,
+            )
+        ]
+    return [Item(problem, False, "") for problem in missing]
+
+
+LABS = {
+    lab.slug: lab
+    for lab in [
+        Lab(1, "timeouts-from-p99", "A timeout from the observed P99", timeouts_from_p99),
+        Lab(2, "connect-vs-read", "Connect timeout vs read timeout", connect_vs_read),
+        Lab(
+            3,
+            "retries-and-idempotency",
+            "Retries, backoff and jitter, and the double charge an idempotency key prevents",
+            retries_and_idempotency,
+            ledger=True,
+        ),
+        Lab(4, "breaker-states", "The circuit breaker's states", breaker_states),
+        Lab(
+            5,
+            "fallback-chain",
+            "The fallback chain: live, cache, popular",
+            fallback_chain,
+            prepare=forget_cached_recommendations,
+        ),
+        Lab(6, "bulkheads", "Bulkheads of 10, 10 and 5", bulkheads),
+        Lab(7, "monitoring-and-alerts", "Monitoring and alerts", monitoring_and_alerts),
+        Lab(
+            8,
+            "chaos-engineering",
+            "Chaos engineering: a hypothesis, the Chaos Monkey, the audit",
+            chaos_engineering,
+            ledger=True,
+        ),
+        Lab(
+            9,
+            "app-vs-mesh",
+            "Application level vs mesh level",
+            app_vs_mesh_items,
+            stack=False,
+        ),
+    ]
+}
