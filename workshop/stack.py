@@ -309,12 +309,18 @@ class Stack:
     # -- running -------------------------------------------------------------------------------------
 
     def ctl(self, *args: str, check: bool = True) -> str:
-        done = subprocess.run(
-            [self.python, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        try:
+            done = subprocess.run(
+                [self.python, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(
+                f"supervisorctl {' '.join(args)} did not finish in 60 s: "
+                "`manage.py stack status` shows what runs"
+            ) from exc
         if check and done.returncode not in (0, 3):  # 3: some program is not running (status)
             raise StackError(f"supervisorctl {' '.join(args)}: {done.stdout}{done.stderr}")
         return done.stdout
@@ -373,7 +379,14 @@ class Stack:
             )
         before = {}
         if self.policy_overrides.exists():
-            before = json.loads(self.policy_overrides.read_text())
+            try:
+                before = json.loads(self.policy_overrides.read_text())
+            except ValueError:
+                if changes:  # a file edited by hand: reset is the way out, not a merge
+                    raise StackError(
+                        f"{self.policy_overrides} is not JSON: `manage.py stack policy reset`"
+                    ) from None
+                before = {"default": {}}  # unknown changes: restart every user of a policy
         current = json.loads(json.dumps(before)) if changes else {}
         for name, sections in changes.items():
             entry = current.setdefault(name, {})

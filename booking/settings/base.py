@@ -213,7 +213,15 @@ def _with_overrides(policies: dict, path: str | None) -> dict:
     ``RESILIENCE_POLICY_OVERRIDES`` (unset everywhere else)."""
     if not path or not Path(path).exists():
         return policies
-    overrides = json.loads(Path(path).read_text())
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            f"RESILIENCE_POLICY_OVERRIDES: {path} is not JSON ({exc}); "
+            "`manage.py stack policy reset` removes it"
+        ) from exc
     merged = {name: {**entry} for name, entry in policies.items()}
     for name, changes in overrides.items():
         entry = merged.setdefault(name, {})

@@ -6,5 +6,6 @@ from booking.settings.env import env_str
 
 INSTALLED_APPS = [*INSTALLED_APPS, "workshop"]
 
-# The Prometheus `manage.py lab prometheus start` runs for lab 7 (docs/labs/07-*.md).
-LAB_PROMETHEUS_URL = env_str("LAB_PROMETHEUS_URL", "http://127.0.0.1:9090")
+# The Prometheus `manage.py lab prometheus start` runs for lab 7 (docs/labs/07-*.md): not on
+# 9090, where Debian's and Ubuntu's prometheus package runs the system's own.
+LAB_PROMETHEUS_URL = env_str("LAB_PROMETHEUS_URL", "http://127.0.0.1:9099")

@@ -2,7 +2,7 @@
 
 Each ```sh block of docs/labs/NN-*.md is extracted in order and run in one bash session, the
 way a learner would paste them, against this module's stack: the pages' ports (8000-8005,
-8080, 9090) and ``var/`` become the stack's, ``.venv/bin/python`` this interpreter. The first
+8080, 9099) and ``var/`` become the stack's, ``.venv/bin/python`` this interpreter. The first
 block starts the lab; right after it, the lab's checkpoint must fail (nothing done yet); the
 page's own checkpoint block, after the steps, must pass. A block under a
 ``<!-- labs: not run -->`` line is skipped (lab 9's cluster step: no cluster here).
@@ -11,7 +11,9 @@ The labs run in their order on one stack, as a workshop would run them, each cle
 after itself; a lab that leaves a fault or a changed policy behind breaks the next one.
 """
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 
 from tests.e2e.conftest import ROOT
 from workshop.labs.catalog import LABS
-from workshop.scenarios.stack import free_ports
+from workshop.scenarios.stack import RunningStack, free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.labs]
 
@@ -53,6 +55,38 @@ def test_blocks_are_found_and_the_skip_marker_works():
     assert any("mesh export istio --out var/mesh/istio.yaml" in block for block in lab9)
 
 
+# Timings the scenario stacks shorten so that a run drains in seconds: the labs run with
+# `make up`'s own, as a learner's stack has them.
+SHORTENED = (
+    "ORDERS_SETTLE_BACKOFF_INITIAL",
+    "ORDERS_SETTLE_BACKOFF_MAX",
+    "ORDERS_SAFETY_NET_DELAY",
+    "ORDERS_PENDING_MAX_AGE",
+    "ORDERS_PAYMENT_PENDING_MAX_AGE",
+    "ORDERS_RECONCILE_INTERVAL",
+    "ORDERS_WORKER_DEAD_AFTER",
+    "PAYMENTS_IN_FLIGHT_LEASE",
+    "NOTIFICATIONS_SEND_LEASE",
+)
+# What a lab that failed half-way may have left: lifted, so that the next lab starts clean.
+CLEAN_UP = """
+.venv/bin/python manage.py lab prometheus stop || true
+.venv/bin/python manage.py stack start recommendations || true
+.venv/bin/python manage.py stack lift || true
+.venv/bin/python manage.py stack resilience on || true
+.venv/bin/python manage.py stack policy reset || true
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    running = RunningStack(tmp_path_factory.mktemp("labs"))
+    for name in SHORTENED:
+        running.env.pop(name)
+    with running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def prometheus_url():
     return f"http://127.0.0.1:{free_ports(1)[0]}"
@@ -60,11 +94,11 @@ def prometheus_url():
 
 def for_stack(block: str, stack, prometheus_url: str) -> str:
     def port(match: re.Match) -> str:
-        if match.group(1) == "9090":
+        if match.group(1) == "9099":
             return urlparse(prometheus_url).netloc
         return urlparse(stack.urls[PORTS[match.group(1)]]).netloc
 
-    block = re.sub(r"(?:localhost|127\.0\.0\.1):(800[0-5]|8080|9090)\b", port, block)
+    block = re.sub(r"(?:localhost|127\.0\.0\.1):(800[0-5]|8080|9099)\b", port, block)
     block = re.sub(r"(?<![\w/.-])var/", f"{stack.var_dir}/", block)
     return block.replace(".venv/bin/python", sys.executable)
 
@@ -93,15 +127,31 @@ def test_lab_page_runs_and_its_checkpoint_fails_before_and_passes_after(
         script.append(for_stack(block, stack, prometheus_url))
         if n == 0:
             script.append(too_early)
-    done = subprocess.run(
-        ["bash", "-c", "\n".join(script)],
-        cwd=ROOT,
-        env={**stack.env, "LAB_PROMETHEUS_URL": prometheus_url},
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{lab.page} failed:\n{output[-6000:]}\n{stack.logs()}"
+    env = {**stack.env, "LAB_PROMETHEUS_URL": prometheus_url}
+    returncode, output = run(script, env)
+    if returncode:
+        run([for_stack(CLEAN_UP, stack, prometheus_url)], env)
+    assert returncode == 0, f"{lab.page} failed:\n{output[-8000:]}\n{stack.logs()}"
     assert "still missing" in output, "the checkpoint did not fail right after lab start"
     assert f"Lab {lab.number} ({slug}) is done." in output
+
+
+def run(script: list[str], env: dict, timeout: float = 400) -> tuple[int | None, str]:
+    """Run the script in a bash of its own process group; on timeout, kill the whole group
+    (a Chaos Monkey left running would go on killing the stack of the next lab)."""
+    process = subprocess.Popen(
+        ["bash", "-c", "\n".join(script)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return None, f"{output}\n(killed after {timeout:g} s)"
+    return process.returncode, output

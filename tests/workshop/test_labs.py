@@ -3,13 +3,15 @@ policy overrides `stack policy` writes, and the commands' answers to bad input. 
 themselves run against a real stack in tests/e2e/test_labs.py."""
 
 import json
+import time
 from io import StringIO
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 
 from booking.settings.base import _with_overrides
-from workshop.labs.catalog import LABS, breaker_states, chaos_engineering
+from workshop.labs.catalog import LABS, breaker_states, chaos_engineering, sigkilled_since
 from workshop.labs.progress import Since, Snapshot
 from workshop.stack import Stack, StackError
 
@@ -56,21 +58,23 @@ class TestSince:
 
 
 class TestCheckpoints:
-    def test_breaker_states_wants_every_transition_and_every_worker_closed(self):
+    def test_breaker_states_wants_every_transition_and_the_state_closed_again(self):
         counts = {("closed", "open"): 1, ("open", "half-open"): 1, ("half-open", "closed"): 1}
         start = snapshot(0, {"orders": 10}, [])
-        state = [
-            (
-                "resilience_circuitbreaker_process_state",
-                {"name": "payments", "pid": pid, "state": state},
-                1.0,
-            )
-            for pid, state in (("1", "closed"), ("2", "open"))
-        ]
-        now = snapshot(5, {"orders": 10}, transitions("1", counts) + state)
-        items = breaker_states(Since(start, now))
+
+        def state(now_state):
+            return [
+                ("resilience_circuitbreaker_state", {"name": "payments", "state": each}, 1.0)
+                for each in (now_state,)
+            ]
+
+        done = snapshot(5, {"orders": 10}, transitions("1", counts) + state("closed"))
+        assert all(item.ok for item in breaker_states(Since(start, done)))
+        still_open = snapshot(5, {"orders": 10}, transitions("1", counts) + state("open"))
+        items = breaker_states(Since(start, still_open))
         assert [item.ok for item in items] == [True, True, True, False]
-        assert items[-1].evidence == "closed, open"
+        half_way = snapshot(5, {"orders": 10}, transitions("1", {("closed", "open"): 1}))
+        assert [item.ok for item in breaker_states(Since(start, half_way))] == [True] + [False] * 3
 
     def test_chaos_engineering_fails_on_a_double_charge(self):
         def ledger(orders, charges):
@@ -98,6 +102,21 @@ class TestCheckpoints:
         assert chaos_engineering(Since(before, once))[-1].ok
         audit = chaos_engineering(Since(before, twice))[-1]
         assert not audit.ok and audit.evidence == "double_charged: 1"
+
+    def test_chaos_engineering_counts_crashes_not_restarts(self, settings, tmp_path):
+        """supervisord's own log lines: a restart ends with SIGTERM, expected; a crash with
+        SIGKILL, not expected. Only crashes since the lab started count."""
+        settings.VAR_DIR = tmp_path
+        (tmp_path / "log").mkdir()
+        started = time.mktime(time.strptime("2026-11-23 15:30:00", "%Y-%m-%d %H:%M:%S"))
+        (tmp_path / "log" / "supervisord.log").write_text(
+            "2026-11-23 15:29:00,001 WARN exited: gateway (terminated by SIGKILL; not expected)\n"
+            "2026-11-23 15:30:05,001 WARN stopped: orders (terminated by SIGTERM)\n"
+            "2026-11-23 15:30:06,001 WARN exited: payments (terminated by SIGKILL; not expected)\n"
+            "2026-11-23 15:30:07,001 WARN exited: orders-worker (terminated by SIGKILL; not "
+            "expected)\n"
+        )
+        assert sigkilled_since(started) == ["payments", "orders-worker"]
 
 
 class TestPolicyOverrides:
@@ -139,6 +158,24 @@ class TestPolicyOverrides:
         assert stack.restarted[-1] == ["gateway", "orders", "orders-worker"]
         stack.set_policy({})  # nothing changed: nothing to restart
         assert stack.restarted[-1] == []
+
+    def test_a_file_broken_by_hand_is_named_and_reset_still_works(self, stack, tmp_path):
+        stack.policy_overrides.write_text('{"payments": {"DEADLINE": 3')
+        with pytest.raises(ImproperlyConfigured, match=r"is not JSON.*stack policy reset"):
+            _with_overrides({}, str(stack.policy_overrides))
+        with pytest.raises(StackError, match=r"is not JSON: `manage.py stack policy reset`"):
+            stack.set_policy({"payments": {"DEADLINE": 2.0}})
+        stack.set_policy({})
+        assert not stack.policy_overrides.exists()
+        assert stack.restarted[-1] == [  # whatever it changed: every service restarts
+            "gateway",
+            "orders",
+            "orders-worker",
+            "payments",
+            "inventory",
+            "notifications",
+            "recommendations",
+        ]
 
     @pytest.mark.parametrize(
         ("changes", "message"),

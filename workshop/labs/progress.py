@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 from django.conf import settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from workshop.scenarios.stack import SERVICES, RunningStack
 from workshop.stack import Stack, StackError
@@ -44,24 +46,33 @@ def running_stack() -> RunningStack:
 class Snapshot:
     taken: float  # time.time()
     pids: dict[str, int | None]  # supervisor program -> pid of its main process
-    metrics: dict[str, list[Sample]]  # service -> its /metrics ([] when it did not answer)
+    metrics: dict[str, list[Sample] | None]  # service -> its /metrics (None: no answer)
     ledger: dict | None = None  # manage.py ledger of orders, payments, inventory, notifications
 
     @classmethod
     def take(cls, stack: RunningStack, *, ledger: bool = False) -> "Snapshot":
         with ThreadPoolExecutor(max_workers=len(SERVICES)) as pool:
-            metrics = dict(zip(SERVICES, pool.map(stack.metrics, SERVICES), strict=True))
+            metrics = dict(
+                zip(SERVICES, pool.map(lambda s: _metrics(stack, s), SERVICES), strict=True)
+            )
         pids = {
             info["name"]: info["pid"] if info["statename"] == "RUNNING" else None
             for info in stack.supervisor().getAllProcessInfo()
         }
         return cls(time.time(), pids, metrics, stack.ledger() if ledger else None)
 
+    def unread(self) -> list[str]:
+        """Services whose /metrics did not answer."""
+        return [service for service, samples in self.metrics.items() if samples is None]
+
+    def samples(self, service: str) -> list[Sample]:
+        return self.metrics.get(service) or []
+
     def total(self, service: str, metric: str, /, **labels) -> float | None:
         """The sum of a metric's samples with these labels, or None if it has none."""
         found = [
             value
-            for name, sample_labels, value in self.metrics.get(service, [])
+            for name, sample_labels, value in self.samples(service)
             if name == metric and all(sample_labels.get(k) == v for k, v in labels.items())
         ]
         return sum(found) if found else None
@@ -76,10 +87,26 @@ class Snapshot:
     def load(cls, path: Path) -> "Snapshot":
         data = json.loads(path.read_text())
         data["metrics"] = {
-            service: [(name, labels, value) for name, labels, value in samples]
+            service: None
+            if samples is None
+            else [(name, labels, value) for name, labels, value in samples]
             for service, samples in data["metrics"].items()
         }
         return cls(**data)
+
+
+def _metrics(stack: RunningStack, service: str) -> list[Sample] | None:
+    """Every sample of the service's /metrics, or None if it did not answer."""
+    try:
+        answer = requests.get(stack.url(service, "/metrics"), timeout=5)
+        answer.raise_for_status()
+    except requests.RequestException:
+        return None
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    ]
 
 
 @dataclass
@@ -111,7 +138,7 @@ class Since:
     def transitions(self, service: str, policy: str) -> dict[str, float]:
         """``"closed->open"`` -> how many times, since the start."""
         found = {}
-        for name, labels, _ in self.now.metrics.get(service, []):
+        for name, labels, _ in self.now.samples(service):
             if name == "resilience_circuitbreaker_transitions_total" and labels["name"] == policy:
                 key = f"{labels['from_state']}->{labels['to_state']}"
                 found[key] = self.delta(

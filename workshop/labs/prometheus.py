@@ -8,6 +8,7 @@ fires within seconds. It runs in the background (its own process group, its pid 
 ``var/labs/prometheus/pid``) until ``lab prometheus stop`` or ``stack down``.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -39,11 +40,23 @@ def home() -> Path:
 
 
 def pid() -> int | None:
-    """The pid of the Prometheus ``lab prometheus start`` started, if it still runs."""
+    """The pid of the Prometheus ``lab prometheus start`` started, if it still runs: the pid
+    file's process must be a process group leader running ``prometheus`` on this lab's
+    database (a pid file outliving its process, or a reused pid, is not trusted). A stale pid
+    file is removed."""
+    file = home() / "pid"
     try:
-        found = int((home() / "pid").read_text())
-        os.kill(found, 0)
-    except (OSError, ValueError):
+        found = int(file.read_text())
+        command = Path(f"/proc/{found}/cmdline").read_bytes().split(b"\0")
+        ours = (
+            Path(command[0].decode()).name == "prometheus"
+            and f"--storage.tsdb.path={home() / 'data'}".encode() in command
+            and os.getpgid(found) == found
+        )
+    except (OSError, ValueError, IndexError):
+        ours = False
+    if not ours:
+        file.unlink(missing_ok=True)
         return None
     return found
 
@@ -104,12 +117,14 @@ def start(out) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            (home() / "pid").unlink(missing_ok=True)
             raise PrometheusError(
-                f"Prometheus exited with status {process.returncode}; its log: "
+                f"Prometheus exited with status {process.returncode} (is {listen} taken by "
+                f"another Prometheus? set LAB_PROMETHEUS_URL); its log: "
                 f"{home() / 'prometheus.log'}"
             )
         try:
-            if requests.get(f"{url()}/-/ready", timeout=1).status_code == 200:
+            if requests.get(f"{url()}/-/ready", timeout=1).status_code == 200 and _ours():
                 out(f"Prometheus is up: {url()} (pid {process.pid})")
                 out(f"  scraping the six services every second, rules from {RULES}")
                 out(f"  alerts: {url()}/alerts   the same from here: manage.py lab alerts")
@@ -121,12 +136,27 @@ def start(out) -> None:
     raise PrometheusError(f"Prometheus was not ready within 30 s: {home() / 'prometheus.log'}")
 
 
+def _ours() -> bool:
+    """Whether the Prometheus answering at ``url()`` is the one started here (its database),
+    not one that already listened on that port."""
+    try:
+        flags = requests.get(f"{url()}/api/v1/status/flags", timeout=1).json()["data"]
+    except (requests.RequestException, ValueError, KeyError):
+        return False
+    return flags.get("storage.tsdb.path") == str(home() / "data")
+
+
 def stop(out) -> None:
     running = pid()
     if running is None:
         out("Prometheus is not running.")
         return
-    os.killpg(running, signal.SIGTERM)
+    try:
+        os.killpg(running, signal.SIGTERM)
+    except ProcessLookupError:
+        (home() / "pid").unlink(missing_ok=True)
+        out("Prometheus is not running.")
+        return
     for _ in range(100):
         try:
             os.kill(running, 0)
@@ -134,7 +164,8 @@ def stop(out) -> None:
             break
         time.sleep(0.1)
     else:
-        os.killpg(running, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(running, signal.SIGKILL)
     (home() / "pid").unlink(missing_ok=True)
     out(f"Prometheus stopped (pid {running}).")
 

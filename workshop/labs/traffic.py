@@ -141,7 +141,7 @@ def breaker_state(since: Since, caller: str, callee: str) -> str:
     """The shared state, or with memory storage the worst any worker process sees."""
     states = [
         labels["state"]
-        for name, labels, value in since.now.metrics.get(caller, [])
+        for name, labels, value in since.now.samples(caller)
         if name == "resilience_circuitbreaker_process_state" and labels["name"] == callee and value
     ]
     if not states:
@@ -154,7 +154,7 @@ def breaker_state(since: Since, caller: str, callee: str) -> str:
 
 def _reading(service: str, snapshot: Snapshot) -> Reading:
     reading = Reading(service, snapshot.taken)
-    reading.samples = snapshot.metrics.get(service, [])
+    reading.samples = snapshot.samples(service)
     return reading
 
 

@@ -79,6 +79,12 @@ class Command(BaseCommand):
             stack = running_stack()
             self.stdout.write(f"Lab {lab.number}, {lab.title}: reading the stack ...")
             snapshot = Snapshot.take(stack, ledger=lab.ledger)
+            if snapshot.unread():
+                raise CommandError(
+                    f"{', '.join(snapshot.unread())} did not answer /metrics: the checkpoint "
+                    "would have nothing to count from. Is it up (`manage.py stack status`), "
+                    "or still hung by a fault (`manage.py stack lift`)? Then start the lab again."
+                )
             snapshot.save(path)
             for note in leftovers(snapshot):
                 self.stdout.write(self.style.WARNING(note))
@@ -86,8 +92,7 @@ class Command(BaseCommand):
             if lab.prepare:
                 self.stdout.write(lab.prepare(stack))
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("{}")
+            Snapshot(time.time(), {}, {}).save(path)
         self.stdout.write(
             f"Lab {lab.number} started: from now on, `manage.py lab check {lab.slug}` counts "
             f"what you do. The steps: {lab.page}"
@@ -99,14 +104,20 @@ class Command(BaseCommand):
             raise CommandError(f"lab {lab.slug} was not started: `manage.py lab start {lab.slug}`")
         if not 0 <= wait <= 300:
             raise CommandError("--wait must be between 0 and 300 seconds")
-        start = Snapshot.load(path) if lab.stack else None
+        start = Snapshot.load(path)
         stack = running_stack() if lab.stack else None
         deadline = time.monotonic() + wait
         while True:
-            since = None
             if stack is not None:
-                since = Since(start, Snapshot.take(stack, ledger=lab.ledger))
-            items = lab.checkpoint(since)
+                now = Snapshot.take(stack, ledger=lab.ledger)
+            else:
+                now = Snapshot(time.time(), {}, {})
+            items = lab.checkpoint(Since(start, now))
+            items += [
+                Item(f"{service} answers /metrics", False, "no answer: it counts nothing now")
+                for service in now.unread()
+                if stack is not None and not all(item.ok for item in items)
+            ]
             if all(item.ok for item in items) or time.monotonic() >= deadline:
                 break
             time.sleep(1.0)

@@ -73,6 +73,11 @@ class Command(BaseCommand):
         if duration is not None:
             if not 5 <= duration <= 600:
                 raise CommandError("--duration must be between 5 and 600 seconds")
+            last = max((step.at for step in scenario.steps), default=0)
+            if duration <= last:
+                raise CommandError(
+                    f"{name}'s last step is at {last:g} s: --duration must be longer than that"
+                )
             scenario = dataclasses.replace(
                 scenario, profile=dataclasses.replace(scenario.profile, duration=duration)
             )
@@ -84,6 +89,12 @@ class Command(BaseCommand):
                     "`manage.py stack resilience off|on` and run twice"
                 )
             stack = self._running_stack()
+            if scenario.env:
+                settings_ = ", ".join(f"{k}={v}" for k, v in scenario.env.items())
+                self.stderr.write(
+                    f"note: on the running stack, {name} runs without the settings of its own "
+                    f"stack ({settings_}): the stack keeps its own"
+                )
         out = out or Path(settings.VAR_DIR) / "scenarios"
         out.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()

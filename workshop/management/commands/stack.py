@@ -100,7 +100,10 @@ class Command(BaseCommand):
             raise CommandError(f"stack lift [SERVICE]: one of {', '.join(SERVICES)}")
         stack = running_stack()
         for service in [name] if name else SERVICES:
-            self.stdout.write(f"{service}: fault lifted {stack.lift(service)}")
+            try:
+                self.stdout.write(f"{service}: fault lifted {stack.lift(service)}")
+            except RuntimeError as exc:
+                raise CommandError(str(exc)) from exc
 
     def _policy(self, stack: Stack, name: str | None, assignments) -> None:
         """`stack policy payments TIMEOUT.READ=0.4 RETRY.MAX_ATTEMPTS=2`, or `stack policy reset`."""
