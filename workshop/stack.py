@@ -230,7 +230,7 @@ class Stack:
         return file.read_text().strip()
 
     def prepare(self) -> None:
-        for sub in ("db", "log", "mail", "stack", "cache", "chaos", "console"):
+        for sub in ("db", "log", "mail", "stack", "cache", "chaos", "console", "static"):
             (self.var / sub).mkdir(parents=True, exist_ok=True)
         for fault in (self.var / "chaos").glob("*.json"):
             fault.unlink()  # a new stack starts without faults
@@ -334,6 +334,22 @@ class Stack:
         except (ValueError, ProcessLookupError):
             return False
         return True
+
+    def attached(self, token: str | None = None):
+        """This stack, running, as the scenario runner and the labs drive it (a
+        ``RunningStack`` that never starts or stops it). ``StackError`` if it is not running."""
+        from workshop.scenarios.stack import RunningStack
+
+        if not self.running():
+            raise StackError(
+                "the stack is not running: start it with `make up` in another terminal"
+            )
+        return RunningStack.attach(
+            Path(settings.VAR_DIR),
+            settings.SERVICE_URLS,
+            token or self.chaos_token(),
+            resilience=self.resilience_enabled(),
+        )
 
     def health(self) -> dict[str, int | None]:
         status = {}

@@ -63,7 +63,11 @@ def order(stack) -> requests.Response:
 
 def twelve_orders(stack) -> list[int]:
     with ThreadPoolExecutor(max_workers=12) as pool:
-        return [r.status_code for r in pool.map(lambda _: order(stack), range(12))]
+        answers = list(pool.map(lambda _: order(stack), range(12)))
+    for answer in answers:
+        if answer.status_code != 201:  # shown with a failed assertion
+            print(answer.status_code, answer.headers, answer.text[:500])
+    return [answer.status_code for answer in answers]
 
 
 def test_the_state_lists_every_service_and_edge_read_back_from_the_services(stack):
@@ -174,23 +178,6 @@ def test_processes_stop_and_start_from_the_console_and_show_in_the_timeline(stac
     assert refused.status_code == 409  # the control room never stops itself
 
 
-def test_the_stack_restarts_with_resilience_off_and_on_while_the_console_stays_up(stack):
-    headers = token_header(stack)
-    for enabled, mode in ((False, "off"), (True, "on")):
-        answer = requests.post(
-            console(stack, "/api/stack/resilience"),
-            json={"enabled": enabled},
-            headers=headers,
-            timeout=10,
-        )
-        assert answer.status_code == 202
-        stack.wait_for(lambda: state(stack)["job"]["running"] is None, timeout=120, interval=0.5)
-        picture = state(stack)
-        assert picture["resilience"] == mode, picture["job"]
-        assert picture["job"]["last"]["ok"], picture["job"]
-    stack.wait_for(lambda: all(s["up"] for s in state(stack)["services"]), timeout=60)
-
-
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
@@ -259,3 +246,22 @@ def test_in_a_real_browser_a_fault_set_through_the_page_opens_the_breaker_and_li
     events = page.inner_text("[data-testid=events]")
     assert "orders -> payments: closed -> open" in events
     assert "payments: fault lifted by the control room" in events
+
+
+# Last: with Redis storage, the restart leaves the shared breakers of orders as the restart
+# made them (its task worker may open orders -> inventory while inventory restarts).
+def test_the_stack_restarts_with_resilience_off_and_on_while_the_console_stays_up(stack):
+    headers = token_header(stack)
+    for enabled, mode in ((False, "off"), (True, "on")):
+        answer = requests.post(
+            console(stack, "/api/stack/resilience"),
+            json={"enabled": enabled},
+            headers=headers,
+            timeout=10,
+        )
+        assert answer.status_code == 202
+        stack.wait_for(lambda: state(stack)["job"]["running"] is None, timeout=120, interval=0.5)
+        picture = state(stack)
+        assert picture["resilience"] == mode, picture["job"]
+        assert picture["job"]["last"]["ok"], picture["job"]
+    stack.wait_for(lambda: all(s["up"] for s in state(stack)["services"]), timeout=60)

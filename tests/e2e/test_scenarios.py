@@ -92,5 +92,5 @@ def test_inventory_down_answers_clear_503s_and_charges_nothing(fresh):
     assert refused and {s.detail for s in refused} <= {
         "503 inventory_unavailable",
         "503 dependency_unavailable",
-    }
+    }, report.table(SCENARIOS["inventory-down"], [result])
     assert result.audit["paid_not_confirmed"] == []

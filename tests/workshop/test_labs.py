@@ -69,12 +69,14 @@ class TestCheckpoints:
             ]
 
         done = snapshot(5, {"orders": 10}, transitions("1", counts) + state("closed"))
-        assert all(item.ok for item in breaker_states(Since(start, done)))
+        assert all(item.passed for item in breaker_states(Since(start, done)))
         still_open = snapshot(5, {"orders": 10}, transitions("1", counts) + state("open"))
         items = breaker_states(Since(start, still_open))
-        assert [item.ok for item in items] == [True, True, True, False]
+        assert [item.passed for item in items] == [True, True, True, False]
         half_way = snapshot(5, {"orders": 10}, transitions("1", {("closed", "open"): 1}))
-        assert [item.ok for item in breaker_states(Since(start, half_way))] == [True] + [False] * 3
+        assert [item.passed for item in breaker_states(Since(start, half_way))] == [True] + [
+            False
+        ] * 3
 
     def test_chaos_engineering_fails_on_a_double_charge(self):
         def ledger(orders, charges):
@@ -99,9 +101,9 @@ class TestCheckpoints:
         twice = Snapshot(
             5, {"orders": 2}, {}, ledger([order], [{**charge, "id": 1}, {**charge, "id": 2}])
         )
-        assert chaos_engineering(Since(before, once))[-1].ok
+        assert chaos_engineering(Since(before, once))[-1].passed
         audit = chaos_engineering(Since(before, twice))[-1]
-        assert not audit.ok and audit.evidence == "double_charged: 1"
+        assert not audit.passed and audit.measured == "double_charged: 1"
 
     def test_chaos_engineering_counts_crashes_not_restarts(self, settings, tmp_path):
         """supervisord's own log lines: a restart ends with SIGTERM, expected; a crash with
@@ -117,6 +119,38 @@ class TestCheckpoints:
             "expected)\n"
         )
         assert sigkilled_since(started) == ["payments", "orders-worker"]
+
+    @pytest.mark.parametrize("storage", [None, "redis://127.0.0.1:6379/15"])
+    def test_breaker_states_counts_the_task_worker_when_the_breaker_is_shared(
+        self, settings, tmp_path, storage
+    ):
+        """In Redis the breaker is the task worker's too: the trial it made, in its log, counts
+        (and only then: with memory storage the worker's breaker is its own)."""
+        settings.VAR_DIR, settings.RESILIENCE_STORAGE = tmp_path, storage
+        (tmp_path / "log").mkdir()
+        started = time.mktime(time.strptime("2026-12-03 18:08:00", "%Y-%m-%d %H:%M:%S"))
+        (tmp_path / "log" / "orders-worker.log").write_text(
+            "2026-12-03 18:07:59,900 WARNING resilience.breaker circuit breaker 'payments': "
+            "closed -> open (failure rate 100% of 5 calls)\n"
+            "2026-12-03 18:08:37,855 WARNING resilience.breaker circuit breaker 'payments': "
+            "open -> half-open (open wait over)\n"
+            "2026-12-03 18:08:38,219 WARNING resilience.breaker circuit breaker 'inventory': "
+            "open -> half-open (open wait over)\n"
+            "2026-12-03 18:08:38,219 WARNING resilience.breaker circuit breaker 'payments': "
+            "half-open -> closed (3 of 3 trial calls succeeded)\n"
+        )
+        start = snapshot(started, {"orders": 10}, [])
+        now = snapshot(
+            started + 60,
+            {"orders": 10},
+            [
+                *transitions("1", {("closed", "open"): 1}),
+                ("resilience_circuitbreaker_state", {"name": "payments", "state": "closed"}, 1.0),
+            ],
+        )
+        items = breaker_states(Since(start, now))
+        assert [item.passed for item in items] == [True, bool(storage), bool(storage), True]
+        assert items[0].measured == "1 time(s)"  # the worker's closed -> open came before
 
 
 class TestPolicyOverrides:

@@ -19,7 +19,7 @@ from django.conf import settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from workshop.scenarios.stack import SERVICES, RunningStack
-from workshop.stack import Stack, StackError
+from workshop.stack import Stack
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -31,15 +31,7 @@ def labs_dir() -> Path:
 def running_stack() -> RunningStack:
     """The stack ``make up`` started, as the scenario runner drives it. ``StackError`` if it
     is not running."""
-    local = Stack(out=lambda line: None)
-    if not local.running():
-        raise StackError("the stack is not running: start it with `make up` in another terminal")
-    return RunningStack.attach(
-        Path(settings.VAR_DIR),
-        settings.SERVICE_URLS,
-        local.chaos_token(),
-        resilience=local.resilience_enabled(),
-    )
+    return Stack(out=lambda line: None).attached()
 
 
 @dataclass

@@ -116,14 +116,14 @@ class Command(BaseCommand):
             items += [
                 Item(f"{service} answers /metrics", False, "no answer: it counts nothing now")
                 for service in now.unread()
-                if stack is not None and not all(item.ok for item in items)
+                if stack is not None and not all(item.passed for item in items)
             ]
-            if all(item.ok for item in items) or time.monotonic() >= deadline:
+            if all(item.passed for item in items) or time.monotonic() >= deadline:
                 break
             time.sleep(1.0)
         for item in items:
             self.stdout.write(_line(item))
-        missing = sum(not item.ok for item in items)
+        missing = sum(not item.passed for item in items)
         if missing:
             raise CommandError(
                 f"lab {lab.number} ({lab.slug}) is not done yet: {missing} of {len(items)} "
@@ -169,6 +169,6 @@ class Command(BaseCommand):
 
 
 def _line(item: Item) -> str:
-    mark = "ok  " if item.ok else "MISSING"
-    evidence = f": {item.evidence}" if item.evidence else ""
-    return f"  [{mark:^7}] {item.what}{evidence}"
+    mark = "ok  " if item.passed else "MISSING"
+    evidence = f": {item.measured}" if item.measured else ""
+    return f"  [{mark:^7}] {item.description}{evidence}"

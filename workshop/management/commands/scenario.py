@@ -88,7 +88,12 @@ class Command(BaseCommand):
                     "--compare needs two fresh stacks; on the running one, switch with "
                     "`manage.py stack resilience off|on` and run twice"
                 )
-            stack = self._running_stack()
+            from workshop.stack import Stack, StackError
+
+            try:
+                stack = Stack(out=lambda line: None).attached()
+            except StackError as exc:
+                raise CommandError(str(exc)) from exc
             if scenario.env:
                 settings_ = ", ".join(f"{k}={v}" for k, v in scenario.env.items())
                 self.stderr.write(
@@ -129,18 +134,3 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{len(results[-1].failed_checks)} check(s) failed with resilience on (see above)"
             )
-
-    def _running_stack(self):
-        """The stack `make up` started, driven as the control room drives it."""
-        from workshop.scenarios.stack import RunningStack
-        from workshop.stack import Stack
-
-        local = Stack(out=lambda line: None)
-        if not local.running():
-            raise CommandError("the stack is not running: start it with `make up` first")
-        return RunningStack.attach(
-            Path(settings.VAR_DIR),
-            settings.SERVICE_URLS,
-            local.chaos_token(),
-            resilience=local.resilience_enabled(),
-        )
