@@ -507,6 +507,8 @@ class Stack:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if child.poll() is None:
+                with contextlib.suppress(StackError):
+                    self.ctl("stop", "all", check=False)  # at once, as `down` does
                 child.send_signal(signal.SIGTERM)  # supervisord stops each program's process group
                 try:
                     child.wait(timeout=30)
@@ -519,6 +521,9 @@ class Stack:
         if not self.running():
             self.out("The stack is not running.")
             return
+        # Every program at once: supervisord's own shutdown stops them one after another, each
+        # up to its graceful timeout (a hung request keeps a gunicorn worker 5 s).
+        self.ctl("stop", "all", check=False)
         self.ctl("shutdown")
         end = time.monotonic() + 30
         while self.running() and time.monotonic() < end:
