@@ -77,10 +77,12 @@ def _again(hold: SeatHold, *, show_id: int, quantity: int, rehold: bool) -> tupl
     if hold.show_id != show_id or hold.quantity != quantity:
         raise HoldMismatch()
     if hold.status == Status.HELD:
-        SeatHold.objects.filter(pk=hold.pk, status=Status.HELD).update(
+        renewed = SeatHold.objects.filter(pk=hold.pk, status=Status.HELD).update(
             expires_at=_expiry(), updated_at=timezone.now()
         )
-    elif hold.status == Status.RELEASED and rehold:
+        if not renewed:  # the sweeper released it since it was read: as if read released
+            hold.refresh_from_db()
+    if hold.status == Status.RELEASED and rehold:
         if hold.closed:
             raise HoldClosed()
         with transaction.atomic():

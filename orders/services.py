@@ -177,7 +177,7 @@ def _charge(order: Order, *, by: Driver) -> None:
             return
         # Never charge against a hold that is gone: renew it (held again if it expired).
         try:
-            clients.inventory_hold(
+            hold = clients.inventory_hold(
                 order_id=str(order.id),
                 show_id=order.show_id,
                 quantity=order.quantity,
@@ -188,6 +188,8 @@ def _charge(order: Order, *, by: Driver) -> None:
             return
         except UNAVAILABLE as exc:
             raise NotNow(f"inventory: {exc}") from exc
+        if hold.status == "released":  # an inventory that did not hold it again: not now
+            raise NotNow("inventory: the hold is released, not held again")
     Order.objects.filter(pk=order.pk).update(payment_attempts=F("payment_attempts") + 1)
     try:
         charge_id = clients.payments_charge(

@@ -46,12 +46,19 @@ def test_each_service_runs_its_own_settings_on_its_own_port_and_database(service
     spec, variables = COMPOSE["services"][service], env(service)
     assert variables["DJANGO_SETTINGS_MODULE"] == f"booking.settings.{service}"
     assert variables["GUNICORN_BIND"] == f"0.0.0.0:{port_of(service)}"
-    assert spec["ports"] == [f"{port_of(service)}:{port_of(service)}"]
+    # Published on the host's loopback only: the chaos API and the console's reads are for
+    # this machine, as in the local stack.
+    assert spec["ports"] == [f"127.0.0.1:{port_of(service)}:{port_of(service)}"]
     assert (
         urlparse(variables["DATABASE_URL"].replace("${POSTGRES_PASSWORD:-booking}", "pw")).path
         == f"/{service}"
     )
     assert f"127.0.0.1:{port_of(service)}/health/" in " ".join(spec["healthcheck"]["test"])
+
+
+def test_no_port_is_published_beyond_the_hosts_loopback():
+    published = [p for spec in COMPOSE["services"].values() for p in spec.get("ports", [])]
+    assert published and all(str(p).startswith("127.0.0.1:") for p in published)
 
 
 def test_postgres_creates_exactly_the_service_databases():

@@ -55,6 +55,8 @@ def test_ctrl_c_stops_everything(tmp_path):
     assert process.returncode in (0, -signal.SIGINT), output
     assert "Stopped." in output
     assert "The concert-booking stack is up" in output
+    # A newcomer's first minute: no supervisor CRIT line, no setuptools licence warning.
+    assert "CRIT" not in output and "license" not in output.lower(), output
     time.sleep(0.5)
     assert [s for s in SERVICES if listening(stack.urls[s])] == []
     left = subprocess.run(

@@ -102,3 +102,25 @@ def test_the_storefront_renders_and_books(client, stack, settings, make_show):
 def test_unknown_urls_answer_json_404(client, db):
     response = client.get("/no/such/thing/")
     assert (response.status_code, response.json()["code"]) == (404, "not_found")
+
+
+def test_the_order_page_says_what_happened_to_the_money_in_every_state():
+    from django.template.loader import render_to_string
+
+    def page(status, refunded=False):
+        order = {
+            "id": "o1",
+            "status": status,
+            "refunded": refunded,
+            "quantity": 1,
+            "email": "fan@example.com",
+            "failure_code": "seats_unavailable",
+        }
+        return render_to_string("gateway/order.html", {"order": order})
+
+    assert "Nothing was charged." in page("failed")
+    refunded = page("failed", refunded=True)
+    assert "refunded in full" in refunded and "Nothing was charged" not in refunded
+    assert "being refunded" in page("refunding")
+    assert "charged" in page("paid") and "being booked" in page("paid")
+    assert "Nothing has been charged yet" in page("pending")

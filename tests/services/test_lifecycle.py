@@ -514,6 +514,21 @@ def test_one_holds_error_does_not_stop_the_sweep(make_show, monkeypatch):
 
 
 @pytest.mark.django_db
+def test_a_renewal_that_loses_the_race_with_the_sweeper_holds_again(make_show):
+    """The worker renews the hold before it charges; the sweeper released it between the read
+    and the renewal. The answer was 'released' (and the worker charged anyway): now it holds
+    the seats again, as for a hold read released."""
+    show = make_show(seats_total=4)
+    inventory.hold_create(order_id="slow", show_id=show.pk, quantity=2)
+    read = SeatHold.objects.get(order_id="slow")  # read held ...
+    inventory.hold_release(order_id="slow")  # ... then swept, as it had expired
+    hold, _ = inventory._again(read, show_id=show.pk, quantity=2, rehold=True)
+    assert hold.status == "held"
+    show.refresh_from_db()
+    assert show.seats_held == 2
+
+
+@pytest.mark.django_db
 def test_a_hold_released_for_good_is_never_held_again(make_show):
     show = make_show(seats_total=4)
     inventory.hold_create(order_id="failed", show_id=show.pk, quantity=2)
