@@ -57,6 +57,7 @@ def test_ctrl_c_stops_everything(tmp_path):
     assert "The concert-booking stack is up" in output
     # A newcomer's first minute: no supervisor CRIT line, no setuptools licence warning.
     assert "CRIT" not in output and "license" not in output.lower(), output
+    assert "terminated by SIGTERM" not in output, output  # each program ends as asked
     time.sleep(0.5)
     assert [s for s in SERVICES if listening(stack.urls[s])] == []
     left = subprocess.run(

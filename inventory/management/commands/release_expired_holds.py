@@ -1,5 +1,6 @@
 import logging
-import time
+import signal
+import threading
 
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
@@ -18,7 +19,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, every=None, **options):
-        while True:
+        # SIGTERM (supervisor stopping it) ends the loop after the sweep under way, if any:
+        # a sweep is one transaction, so stopping inside one would lose nothing either.
+        stopping = threading.Event()
+        if every is not None:
+            signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+        while not stopping.is_set():
             try:
                 released = holds_release_expired()
             except Exception:  # the database away, say: the sweeper itself must not die
@@ -30,4 +36,4 @@ class Command(BaseCommand):
                 if every is None:
                     self.stdout.write(f"released {released} expired holds")
                     return
-            time.sleep(every)
+            stopping.wait(every)
