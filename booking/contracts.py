@@ -1,4 +1,4 @@
-"""Public request shapes that more than one service validates (the gateway and orders)."""
+"""Request shapes that more than one service validates."""
 
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers, status
@@ -47,3 +47,18 @@ def order_request(request) -> tuple[str, dict]:
     data = OrderInputSerializer(data=request.data)
     data.is_valid(raise_exception=True)
     return key, data.validated_data
+
+
+ORDER_ID_QUERY = OpenApiParameter("order_id", str, OpenApiParameter.QUERY, required=True)
+
+
+class _OrderIdQuery(serializers.Serializer):
+    order_id = serializers.CharField(max_length=64)
+
+
+def order_id_query(request) -> str:
+    """The ``order_id`` query parameter, checked as a body field is: required, at most 64
+    characters, and no NUL character (PostgreSQL cannot take one: a 400, not a 500)."""
+    query = _OrderIdQuery(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return query.validated_data["order_id"]

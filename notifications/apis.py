@@ -1,8 +1,9 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from booking.contracts import ORDER_ID_QUERY, order_id_query
 from notifications import services
 from notifications.models import Notification
 
@@ -40,12 +41,9 @@ class NotificationApi(APIView):
         )
 
     @extend_schema(
-        parameters=[OpenApiParameter("order_id", str, OpenApiParameter.QUERY, required=True)],
+        parameters=[ORDER_ID_QUERY],
         responses=NotificationOutputSerializer(many=True),
     )
     def get(self, request):
-        order_id = request.query_params.get("order_id")
-        if not order_id:
-            raise serializers.ValidationError({"order_id": ["This query parameter is required."]})
-        found = Notification.objects.filter(order_id=order_id)
+        found = Notification.objects.filter(order_id=order_id_query(request))
         return Response(NotificationOutputSerializer(found, many=True).data)

@@ -5,13 +5,13 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from booking.contracts import ORDER_ID_QUERY, order_id_query
 from payments import services
 from payments.exceptions import IdempotencyKeyMissing, RequestInFlight
 from payments.models import Charge, Refund
 
 MAX_KEY_LENGTH = 255
 IDEMPOTENCY_KEY = OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)
-ORDER_ID = OpenApiParameter("order_id", str, OpenApiParameter.QUERY, required=True)
 
 
 def idempotency_key(request) -> str:
@@ -19,13 +19,6 @@ def idempotency_key(request) -> str:
     if not key or len(key) > MAX_KEY_LENGTH:
         raise IdempotencyKeyMissing()
     return key
-
-
-def order_id_param(request) -> str:
-    order_id = request.query_params.get("order_id")
-    if not order_id:
-        raise serializers.ValidationError({"order_id": ["This query parameter is required."]})
-    return order_id
 
 
 class ChargeOutputSerializer(serializers.ModelSerializer):
@@ -75,9 +68,9 @@ class ChargeApi(APIView):
             response["Idempotent-Replayed"] = "true"
         return response
 
-    @extend_schema(parameters=[ORDER_ID], responses=ChargeOutputSerializer(many=True))
+    @extend_schema(parameters=[ORDER_ID_QUERY], responses=ChargeOutputSerializer(many=True))
     def get(self, request):
-        charges = Charge.objects.filter(order_id=order_id_param(request))
+        charges = Charge.objects.filter(order_id=order_id_query(request))
         return Response(ChargeOutputSerializer(charges, many=True).data)
 
 
@@ -141,7 +134,7 @@ class RefundApi(APIView):
             response["Idempotent-Replayed"] = "true"
         return response
 
-    @extend_schema(parameters=[ORDER_ID], responses=RefundOutputSerializer(many=True))
+    @extend_schema(parameters=[ORDER_ID_QUERY], responses=RefundOutputSerializer(many=True))
     def get(self, request):
-        refunds = Refund.objects.filter(charge__order_id=order_id_param(request))
+        refunds = Refund.objects.filter(charge__order_id=order_id_query(request))
         return Response(RefundOutputSerializer(refunds, many=True).data)

@@ -126,3 +126,12 @@ def test_the_database_refuses_an_oversold_show(make_show):
     show = make_show(seats_total=2)
     with pytest.raises(IntegrityError), transaction.atomic():
         Show.objects.filter(pk=show.pk).update(seats_sold=3)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("action", ["", "confirm/", "release/"])
+def test_an_order_id_with_a_nul_in_the_path_is_not_found(client, action):
+    """A 500 on PostgreSQL, which cannot take a NUL in a query (the run on PostgreSQL shows it)."""
+    path = f"/inventory/api/holds/a%00b/{action}"
+    answer = client.post(path) if action else client.get(path)
+    assert answer.status_code == 404

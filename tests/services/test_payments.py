@@ -96,3 +96,18 @@ def test_the_api_replays_with_a_header(client):
     assert again["Idempotent-Replayed"] == "true"
     listed = client.get("/payments/api/charges/?order_id=o").json()
     assert [c["id"] for c in listed] == [first.json()["id"]]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path",
+    ["/payments/api/charges/", "/payments/api/refunds/", "/notifications/api/notifications/"],
+)
+def test_an_order_id_query_is_checked_like_a_body_field(client, path):
+    """A NUL in ?order_id= was a 500 on PostgreSQL (found by schemathesis); now a 400, on
+    every database, as are a missing and an overlong one."""
+    for query in ("?order_id=a%00b", "", "?order_id=" + "x" * 65):
+        answer = client.get(path + query)
+        assert answer.status_code == 400, (path, query, answer.content)
+        assert "order_id" in answer.json()["errors"]
+    assert client.get(path + "?order_id=o").status_code == 200
