@@ -10,6 +10,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -528,7 +529,14 @@ def test_a_breaker_built_before_a_fork_shares_and_counts_in_the_child(redis_serv
     if pid == 0:  # the child: report, then leave without running the test session's teardown
         try:
             os.close(read)
-            report = {"link_up_at_fork": breaker.state.link.up}
+            # Its own link thread, started by the fork hook (whether it has reached Redis yet
+            # is a race: asserting the link still down at this line failed once in CI).
+            report = {
+                "own_link_thread": any(
+                    thread.name.startswith("resilience-redis-") and thread.is_alive()
+                    for thread in threading.enumerate()
+                )
+            }
             end = time.monotonic() + 3
             while breaker.mode != "forced-open" and time.monotonic() < end:
                 time.sleep(0.02)
@@ -544,4 +552,4 @@ def test_a_breaker_built_before_a_fork_shares_and_counts_in_the_child(redis_serv
     breaker.force_open()
     os.waitpid(pid, 0)
     report = json.loads(os.read(read, 10000))
-    assert report == {"link_up_at_fork": False, "saw_the_parents_command": True, "unflushed": 0}
+    assert report == {"own_link_thread": True, "saw_the_parents_command": True, "unflushed": 0}
