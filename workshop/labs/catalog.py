@@ -423,7 +423,7 @@ def _logged_at(text: str) -> float:
 def chaos_engineering(since: Since) -> list[Item]:
     killed = sigkilled_since(since.start.taken - 1)
     orders = {o["id"] for o in since.new_orders()}
-    audit = runner.audit(since.now.ledger, orders, orders)
+    audit = runner.audit(since.now.ledger, orders, orders, before=since.start.ledger)
     wrong = {
         key: found for key, found in audit.items() if key not in ("orders", "unsettled") and found
     }
