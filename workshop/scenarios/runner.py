@@ -386,8 +386,8 @@ def _run(scenario: Scenario, stack: RunningStack, out, seed: int) -> RunResult:
     gateway = stack.urls["gateway"]
     for show in scenario.shows[:3]:  # warm up: the cache has seen these shows
         requests.get(f"{gateway}/api/shows/{show}/recommendations/", timeout=5)
-    before = stack.ledger(("orders", "inventory"))  # a live stack's earlier orders and seats
-    before_orders = {o["id"] for o in before["orders"]["orders"]}
+    at_start = stack.ledger(("orders", "inventory"))  # a live stack's earlier orders and seats
+    before_orders = {o["id"] for o in at_start["orders"]["orders"]}
     services = sorted({"gateway", "orders", *(service for service, _ in scenario.watch)})
     before = {service: policy_counters(stack, service) for service in services}
 
@@ -453,7 +453,7 @@ def _run(scenario: Scenario, stack: RunningStack, out, seed: int) -> RunResult:
         events=events,
         breakers=poller.seen,
         policies={s: counter_deltas(before[s], after[s]) for s in services},
-        audit=audit(ledger, run_orders, answered, before=before),
+        audit=audit(ledger, run_orders, answered, before=at_start),
         drain_seconds=drain_seconds,
         recovery=_recovery(poller.seen, lifted, scenario.watch),
         probes=probes,
