@@ -32,8 +32,11 @@ class ShowOutputSerializer(serializers.ModelSerializer):
 
 
 class HoldOutputSerializer(serializers.ModelSerializer):
-    unit_price = serializers.DecimalField(source="show.price", max_digits=10, decimal_places=2)
-    show_title = serializers.CharField(source="show.title")
+    # None for a tombstone (a final release that came before any hold).
+    unit_price = serializers.DecimalField(
+        source="show.price", max_digits=10, decimal_places=2, allow_null=True, default=None
+    )
+    show_title = serializers.CharField(source="show.title", allow_null=True, default=None)
 
     class Meta:
         model = SeatHold
@@ -98,6 +101,15 @@ class HoldConfirmApi(APIView):
         return Response(HoldOutputSerializer(selectors.hold_get(order_id=hold.order_id)).data)
 
 
+class ReleaseOutputSerializer(HoldOutputSerializer):
+    """The hold after the release, and what the release did (``outcome``)."""
+
+    outcome = serializers.ChoiceField(choices=[r.value for r in services.Release])
+
+    class Meta(HoldOutputSerializer.Meta):
+        fields = [*HoldOutputSerializer.Meta.fields, "outcome"]
+
+
 class HoldReleaseApi(APIView):
     class InputSerializer(serializers.Serializer):
         final = serializers.BooleanField(required=False, default=False)
@@ -105,11 +117,16 @@ class HoldReleaseApi(APIView):
         class Meta:
             ref_name = "HoldReleaseInput"
 
-    @extend_schema(request=InputSerializer, responses=HoldOutputSerializer)
+    @extend_schema(request=InputSerializer, responses=ReleaseOutputSerializer)
     def post(self, request, order_id: str):
+        """Release the order's seats. ``final``: for good (the order failed); the hold is then
+        closed, or a tombstone is left if none was taken yet. 409 ``hold_confirmed`` when the
+        seats are sold: the order keeps them."""
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        hold = services.hold_release(order_id=order_id, **data.validated_data)
+        hold, outcome = services.hold_release(order_id=order_id, **data.validated_data)
         if hold is None:
-            return Response({"order_id": order_id, "status": "absent"})
-        return Response(HoldOutputSerializer(selectors.hold_get(order_id=order_id)).data)
+            return Response({"order_id": order_id, "status": "absent", "outcome": outcome})
+        hold = selectors.hold_get(order_id=order_id)
+        hold.outcome = outcome
+        return Response(ReleaseOutputSerializer(hold).data)

@@ -48,10 +48,12 @@ class SeatHold(models.Model):
 
     # One hold per order: the order's id from the orders service, never a foreign key.
     order_id = models.CharField(max_length=64, unique=True)
-    show = models.ForeignKey(Show, on_delete=models.PROTECT, related_name="holds")
+    # No show (and no seats) for a tombstone: a final release that came before any hold.
+    show = models.ForeignKey(Show, on_delete=models.PROTECT, related_name="holds", null=True)
     quantity = models.PositiveIntegerField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.HELD)
-    # Released for good by the order's own final word (the order failed): never held again.
+    # Released for good by the order's own final word (the order failed): never held again,
+    # and never confirmed (a closed hold is released, and only a held one is confirmed).
     # A hold released because it expired may be held again for its order (``rehold``).
     closed = models.BooleanField(default=False)
     expires_at = models.DateTimeField()

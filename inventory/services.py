@@ -10,12 +10,14 @@ time), so that each move happens once, whoever races it:
     released -> held      re-held for its order after it expired, if seats are left (``rehold``)
 """
 
+import enum
 import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import DateTimeField, ExpressionWrapper, F
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from inventory.exceptions import (
@@ -33,8 +35,11 @@ logger = logging.getLogger(__name__)
 Status = SeatHold.Status
 
 
-def _expiry() -> datetime:
-    return timezone.now() + timedelta(seconds=settings.SEAT_HOLD_TTL)
+def _expiry():
+    """The database's clock plus the TTL: the sweeper judges expiry by the same clock."""
+    return ExpressionWrapper(
+        Now() + timedelta(seconds=settings.SEAT_HOLD_TTL), output_field=DateTimeField()
+    )
 
 
 def _take_seats(show_id: int, quantity: int) -> bool:
@@ -45,6 +50,12 @@ def _take_seats(show_id: int, quantity: int) -> bool:
     )
 
 
+def _no_seats(show_id: int) -> Exception:
+    if not Show.objects.filter(pk=show_id).exists():
+        return ShowNotFound()
+    return SeatsUnavailable()
+
+
 def hold_create(
     *, order_id: str, show_id: int, quantity: int, rehold: bool = False
 ) -> tuple[SeatHold, bool]:
@@ -52,39 +63,44 @@ def hold_create(
 
     Asking again renews a hold that is held, and answers whatever else it is (its ``status``
     says: confirmed, or released). With ``rehold``, a hold that expired is held again if
-    seats are left (``SeatsUnavailable`` otherwise); a hold closed by its order never is.
+    seats are left (``SeatsUnavailable`` otherwise). A hold its order closed (released for
+    good, or a release that came before any hold) is never held again: ``HoldClosed``.
+
+    Concurrent repeats for one order meet at the hold's unique ``order_id``: the hold row is
+    inserted before the seats are taken, so a second insert waits for the first transaction
+    and then finds its hold, instead of missing it and finding the seats gone (a false
+    "sold out" under PostgreSQL's READ COMMITTED).
     """
-    try:
-        with transaction.atomic():
+    existing = SeatHold.objects.filter(order_id=order_id).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                hold = SeatHold.objects.create(
+                    order_id=order_id, show_id=show_id, quantity=quantity, expires_at=_expiry()
+                )
+                if not _take_seats(show_id, quantity):
+                    raise _no_seats(show_id)  # and the hold row goes with the rollback
+                return hold, True
+        except IntegrityError:
+            # Another request for the same order (or its release) won the race; it committed.
             existing = SeatHold.objects.filter(order_id=order_id).first()
-            if existing is not None:
-                return _again(existing, show_id=show_id, quantity=quantity, rehold=rehold)
-            if not _take_seats(show_id, quantity):
-                if not Show.objects.filter(pk=show_id).exists():
-                    raise ShowNotFound()
-                raise SeatsUnavailable()
-            hold = SeatHold.objects.create(
-                order_id=order_id, show_id=show_id, quantity=quantity, expires_at=_expiry()
-            )
-            return hold, True
-    except IntegrityError:
-        # Another request for the same order won the race; its transaction holds the seats.
-        existing = SeatHold.objects.get(order_id=order_id)
-        return _again(existing, show_id=show_id, quantity=quantity, rehold=rehold)
+            if existing is None:
+                raise
+    return _again(existing, show_id=show_id, quantity=quantity, rehold=rehold)
 
 
 def _again(hold: SeatHold, *, show_id: int, quantity: int, rehold: bool) -> tuple[SeatHold, bool]:
+    if hold.closed:
+        raise HoldClosed()
     if hold.show_id != show_id or hold.quantity != quantity:
         raise HoldMismatch()
     if hold.status == Status.HELD:
         renewed = SeatHold.objects.filter(pk=hold.pk, status=Status.HELD).update(
             expires_at=_expiry(), updated_at=timezone.now()
         )
-        if not renewed:  # the sweeper released it since it was read: as if read released
+        if not renewed:  # released since it was read (swept, or closed): as if read so
             hold.refresh_from_db()
     if hold.status == Status.RELEASED and rehold:
-        if hold.closed:
-            raise HoldClosed()
         with transaction.atomic():
             moved = SeatHold.objects.filter(
                 pk=hold.pk, status=Status.RELEASED, closed=False
@@ -95,6 +111,8 @@ def _again(hold: SeatHold, *, show_id: int, quantity: int, rehold: bool) -> tupl
         if moved:
             logger.info("hold %s held again after it expired", hold.order_id)
     hold.refresh_from_db()
+    if hold.closed:  # closed by its order between the read and the rehold
+        raise HoldClosed()
     return hold, False
 
 
@@ -118,29 +136,75 @@ def hold_confirm(*, order_id: str) -> SeatHold:
     return hold
 
 
-def hold_release(*, order_id: str, final: bool = False) -> SeatHold | None:
-    """Give held seats back; releasing twice, or an order that never held, is a no-op.
+class Release(enum.StrEnum):
+    """What a release did, in its answer (``outcome``)."""
 
-    ``final``: the order's last word (it failed); the hold can then never be held again.
+    RELEASED = "released"  # the hold was held: its seats are given back now
+    ALREADY_RELEASED = "already_released"  # it had expired or been released before
+    TOMBSTONE = "tombstone"  # no hold yet: none will ever be taken for this order
+    ABSENT = "absent"  # no hold, and not final: nothing to do
+
+
+def _give_back(hold: SeatHold, **changes) -> bool:
+    """held -> released (with ``changes``), and its seats back, as one conditional move."""
+    moved = SeatHold.objects.filter(pk=hold.pk, status=Status.HELD).update(
+        status=Status.RELEASED, updated_at=timezone.now(), **changes
+    )
+    if moved:
+        Show.objects.filter(pk=hold.show_id).update(seats_held=F("seats_held") - hold.quantity)
+    return bool(moved)
+
+
+def hold_release(*, order_id: str, final: bool = False) -> tuple[SeatHold | None, Release]:
+    """Give held seats back; ``(hold, what it did)``. Releasing twice is a no-op.
+
+    ``final``: the order's last word (it failed). The hold is released and closed in one
+    conditional statement, so that a re-hold racing it cannot slip between a release and a
+    close; a hold already released is closed by another conditional statement, and if a
+    re-hold moved it in between, the release goes round again. A final release that comes
+    before any hold leaves a closed tombstone, so a late or replayed hold is refused.
+    ``HoldConfirmed`` if the seats are sold: the order keeps them.
     """
-    with transaction.atomic():
-        hold = SeatHold.objects.filter(order_id=order_id).first()
-        if hold is None:
-            return None
-        moved = SeatHold.objects.filter(pk=hold.pk, status=Status.HELD).update(
-            status=Status.RELEASED, updated_at=timezone.now()
-        )
-        if moved:
-            Show.objects.filter(pk=hold.show_id).update(seats_held=F("seats_held") - hold.quantity)
-        if final:
-            SeatHold.objects.filter(pk=hold.pk, status=Status.RELEASED).update(closed=True)
-        hold.refresh_from_db()
-    if hold.status == Status.CONFIRMED:
-        raise HoldConfirmed()
-    return hold
+    closing = {"closed": True} if final else {}
+    for _ in range(5):
+        with transaction.atomic():
+            hold = SeatHold.objects.filter(order_id=order_id).first()
+            if hold is None:
+                if not final:
+                    return None, Release.ABSENT
+                try:
+                    with transaction.atomic():
+                        hold = SeatHold.objects.create(
+                            order_id=order_id,
+                            show=None,
+                            quantity=0,
+                            status=Status.RELEASED,
+                            closed=True,
+                            expires_at=Now(),
+                        )
+                    return hold, Release.TOMBSTONE
+                except IntegrityError:
+                    continue  # its hold landed meanwhile: release that one
+            if _give_back(hold, **closing):
+                hold.refresh_from_db()
+                return hold, Release.RELEASED
+            if final:
+                was_released = SeatHold.objects.filter(pk=hold.pk, status=Status.RELEASED).update(
+                    closed=True, updated_at=timezone.now()
+                )
+            else:
+                hold.refresh_from_db()
+                was_released = hold.status == Status.RELEASED
+            hold.refresh_from_db()
+            if was_released:
+                return hold, Release.ALREADY_RELEASED
+            if hold.status == Status.CONFIRMED:
+                raise HoldConfirmed()
+        # held again between the two statements: go round
+    raise RuntimeError(f"hold {order_id}: could not release it in 5 rounds")
 
 
-def _expire(hold_id: int, now: datetime) -> bool:
+def _expire(hold_id: int, now) -> bool:
     """Release one hold if it is still held and still past its expiry (a renewal may have
     landed since it was found)."""
     with transaction.atomic():
@@ -158,9 +222,9 @@ def _expire(hold_id: int, now: datetime) -> bool:
 
 
 def holds_release_expired(*, now: datetime | None = None) -> int:
-    """Release every hold past its expiry; the number released. One hold's error is logged
-    and the sweep goes on."""
-    now = now or timezone.now()
+    """Release every hold past its expiry (by the database's clock, unless ``now``); the number
+    released. One hold's error is logged and the sweep goes on."""
+    now = now or Now()
     released = 0
     expired = SeatHold.objects.filter(status=Status.HELD, expires_at__lt=now)
     for hold_id in list(expired.values_list("pk", flat=True)):

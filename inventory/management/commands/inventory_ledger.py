@@ -13,7 +13,7 @@ class Command(BaseCommand):
             {
                 "shows": list(
                     Show.objects.order_by("id").values(
-                        "id", "seats_total", "seats_held", "seats_sold"
+                        "id", "price", "seats_total", "seats_held", "seats_sold"
                     )
                 ),
                 "holds": list(
@@ -21,5 +21,6 @@ class Command(BaseCommand):
                         "order_id", "show_id", "quantity", "status", "closed"
                     )
                 ),
-            }
+            },
+            default=str,
         )
