@@ -20,6 +20,8 @@ class OrderInProgress(APIException):
 
 class OrderOutputSerializer(serializers.ModelSerializer):
     refunded = serializers.BooleanField(read_only=True)
+    # Parked: staff settle it (the reason is for staff: manage.py orders inspect).
+    needs_attention = serializers.BooleanField(source="parked", read_only=True)
 
     class Meta:
         model = Order
@@ -34,6 +36,7 @@ class OrderOutputSerializer(serializers.ModelSerializer):
             "currency",
             "failure_code",
             "refunded",
+            "needs_attention",
             "created_at",
             "updated_at",
         ]

@@ -41,15 +41,34 @@ class HoldClosed(Exception):
     """The order's hold was released for good (the order failed): it cannot be held again."""
 
 
+class HoldConfirmed(Exception):
+    """The order's seats are sold: a release is refused, and the order keeps them."""
+
+
 class UnexpectedAnswer(Exception):
-    """The other service answered with a status this client has no meaning for."""
+    """The other service answered with a status this client has no meaning for, one that may
+    change: a 5xx, a 408/425/429, or a 409 for a request under the same key still in flight.
+    Worth asking again later."""
 
 
-def _unexpected(response):
-    return UnexpectedAnswer(
+class FinalAnswer(Exception):
+    """The other service answered with a status that will not change however often it is
+    asked (any other 4xx, or an answer that breaks the contract): the order is parked."""
+
+
+# Statuses that may change if the same request is sent again later.
+RETRYABLE = frozenset({408, 409, 425, 429})
+
+
+def _unexpected(response) -> Exception:
+    """Every answer this client has no meaning for, classified: retryable, or final."""
+    what = (
         f"{response.request.method} {response.url} answered {response.status_code}: "
         f"{response.text[:200]}"
     )
+    if response.status_code >= 500 or response.status_code in RETRYABLE:
+        return UnexpectedAnswer(what)
+    return FinalAnswer(what)
 
 
 def inventory_hold(*, order_id: str, show_id: int, quantity: int, rehold: bool = False) -> Hold:
@@ -73,6 +92,8 @@ def inventory_hold(*, order_id: str, show_id: int, quantity: int, rehold: bool =
         raise SeatsUnavailable()
     if response.status_code == 409 and code == "hold_closed":
         raise HoldClosed()
+    if response.status_code == 409 and code == "hold_mismatch":
+        raise FinalAnswer(f"inventory: the order's hold is for another show or quantity: {code}")
     raise _unexpected(response)
 
 
@@ -87,15 +108,23 @@ def inventory_confirm(*, order_id: str) -> None:
     raise _unexpected(response)
 
 
-def inventory_release(*, order_id: str, final: bool = False) -> None:
-    """Give the order's seats back (``final``: for good, the order failed); a no-op if none."""
+def inventory_release(*, order_id: str, final: bool = False) -> str:
+    """Give the order's seats back (``final``: for good, the order failed); what inventory did
+    (``released``, ``already_released``, ``tombstone``, ``absent``). ``HoldConfirmed`` if the
+    seats are sold. A final release answers only once the hold is released and closed."""
     response = service("inventory").post(
         f"/api/holds/{order_id}/release/",
         json={"final": final},
         idempotency_key=f"release-{order_id}",
     )
+    if response.status_code == 409 and _code(response) == "hold_confirmed":
+        raise HoldConfirmed()
     if response.status_code != 200:
         raise _unexpected(response)
+    body = response.json()
+    if final and (body.get("status"), body.get("closed")) != ("released", True):
+        raise FinalAnswer(f"inventory: a final release answered {body}")
+    return body.get("outcome", "released")
 
 
 def payments_charge(
@@ -152,6 +181,14 @@ def payments_refund(*, idempotency_key: str, charge_id: int, reason: str) -> int
     )
     if response.status_code in (200, 201):
         return response.json()["id"]
+    raise _unexpected(response)
+
+
+def payments_refunds(*, order_id: str) -> list[dict]:
+    """The refunds payments made of the order's charges (none: never refunded)."""
+    response = service("payments").get("/api/refunds/", params={"order_id": order_id})
+    if response.status_code == 200:
+        return response.json()
     raise _unexpected(response)
 
 

@@ -10,22 +10,32 @@ The task worker (``manage.py orders_worker``) writes a heartbeat every
 2. **Hand over.** Every order that is not settled and that no live task owns (queued, or
    running on a live worker) gets a task.
 
-Both are cheap: they read the unsettled orders and the live tasks, a few rows.
+Both are cheap: they read the unsettled orders and the live tasks, a few rows. Parked orders
+are owned by staff, not by a task: they are left alone.
+
+Every age is the database's clock (``Now()``): a heartbeat is written with it and judged with
+it, so two workers on hosts whose clocks disagree never reap each other by mistake. A task the
+reaper marked failed stays failed: the worker that ran it, should it wake up (it was paused,
+not dead), cannot mark it successful (``fence_task_result``), and its writes to the order are
+fenced off by the order's own token (``orders.lifecycle.claim``).
 """
 
 import logging
 import os
 import secrets
 import socket
+import traceback
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
+from django.db.models import DateTimeField, ExpressionWrapper
+from django.db.models.functions import Now
 from django_tasks_db.compat import TaskResultStatus
 from django_tasks_db.models import DBTaskResult
+from django_tasks_db.utils import retry
 
-from orders.models import SETTLED, Order, WorkerHeartbeat
+from orders.models import PARKED, SETTLED, Order, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 SETTLE_TASK = "orders.tasks.settle_order"
@@ -41,10 +51,14 @@ def new_worker_id() -> str:
     return f"{HOST[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def _db_ago(seconds: float):
+    return ExpressionWrapper(Now() - timedelta(seconds=seconds), output_field=DateTimeField())
+
+
 def beat(worker_id: str) -> None:
     WorkerHeartbeat.objects.update_or_create(
         worker_id=worker_id,
-        defaults={"host": HOST, "pid": os.getpid(), "beat_at": timezone.now()},
+        defaults={"host": HOST, "pid": os.getpid(), "beat_at": Now()},
     )
 
 
@@ -67,7 +81,7 @@ def dead_workers(worker_ids: set[str]) -> set[str]:
     """The workers among ``worker_ids`` that are dead."""
     if not worker_ids:
         return set()
-    horizon = timezone.now() - timedelta(seconds=settings.ORDERS_WORKER_DEAD_AFTER)
+    horizon = _db_ago(settings.ORDERS_WORKER_DEAD_AFTER)
     beating = set(
         WorkerHeartbeat.objects.filter(worker_id__in=worker_ids, beat_at__gte=horizon).values_list(
             "worker_id", flat=True
@@ -91,7 +105,7 @@ def reap() -> int:
                 pk=task_id, status=TaskResultStatus.RUNNING
             ).update(
                 status=TaskResultStatus.FAILED,
-                finished_at=timezone.now(),
+                finished_at=Now(),
                 exception_class_path=f"{__name__}.WorkerDied",
                 traceback=f"WorkerDied: worker {worker_ids[-1] if worker_ids else '?'} stopped "
                 "beating while it ran this task; reaped by the reconciler.\n",
@@ -103,7 +117,10 @@ def reap() -> int:
 
 def orders_without_a_live_task() -> list[str]:
     """Unsettled orders that no queued task, and no task running on a live worker, owns."""
-    unsettled = {str(pk) for pk in Order.objects.exclude(SETTLED).values_list("id", flat=True)}
+    unsettled = {
+        str(pk)
+        for pk in Order.objects.exclude(SETTLED).exclude(PARKED).values_list("id", flat=True)
+    }
     if not unsettled:
         return []
     live = DBTaskResult.objects.filter(
@@ -133,6 +150,48 @@ def reconcile() -> dict[str, int]:
         handed += 1
     if handed:
         logger.warning("queued %d unsettled order(s) that no live task owned", handed)
-    horizon = timezone.now() - timedelta(days=1)
-    WorkerHeartbeat.objects.filter(beat_at__lt=horizon).delete()
+    WorkerHeartbeat.objects.filter(beat_at__lt=_db_ago(86400)).delete()
     return {"reaped": reaped, "queued": handed}
+
+
+def fence_task_result(result: DBTaskResult, worker_id: str) -> None:
+    """Make the worker's verdict on ``result`` conditional: written only while the task is
+    still RUNNING under ``worker_id``. django-tasks-db's own ``set_successful`` and
+    ``set_failed`` save unconditionally, and would overwrite the reaper's FAILED when a paused
+    worker wakes up and finishes a task that was reaped (and handed to another) meanwhile."""
+
+    @retry()  # as django-tasks-db's own: a locked SQLite (OperationalError) is tried again
+    def finish(status: str, **values) -> None:
+        won = DBTaskResult.objects.filter(
+            pk=result.pk, status=TaskResultStatus.RUNNING, worker_ids=list(result.worker_ids)
+        ).update(status=status, finished_at=Now(), **values)
+        if won:
+            result.status = status
+        else:
+            result.refresh_from_db(fields=["status"])
+            logger.warning(
+                "task %s finished on worker %s after it was reaped (%s): the reaper's verdict "
+                "stands",
+                result.pk,
+                worker_id,
+                result.status,
+            )
+
+    def set_successful(return_value) -> None:
+        finish(
+            TaskResultStatus.SUCCESSFUL,
+            return_value=return_value,
+            exception_class_path="",
+            traceback="",
+        )
+
+    def set_failed(exc: BaseException) -> None:
+        finish(
+            TaskResultStatus.FAILED,
+            return_value=None,
+            exception_class_path=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+    result.set_successful = set_successful
+    result.set_failed = set_failed

@@ -19,12 +19,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from orders import clients
 from orders.exceptions import IdempotencyKeyReused, InventoryUnavailable, ShowNotFound
-from orders.lifecycle import REQUEST, WORKER, Driver, mark, transition
+from orders.lifecycle import REQUEST, WORKER, Driver, mark, park, transition
 from orders.models import Order
 from resilience.exceptions import ResilienceError
 
@@ -43,12 +44,32 @@ class NotNow(Exception):
     """A step could not be done now (a service did not answer): the worker tries again later."""
 
 
+class NeedsAttention(Exception):
+    """A step can never be done by trying again: the order is parked for staff."""
+
+
+def db_later(seconds: float):
+    """The database's clock plus ``seconds``, as an expression for a write or a filter."""
+    return ExpressionWrapper(Now() + timedelta(seconds=seconds), output_field=DateTimeField())
+
+
 def request_fingerprint(**fields) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def db_now():
+    """The database's clock: every process compares leases and ages against this one."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement_timestamp()")
+            return cursor.fetchone()[0]
+    return timezone.now()  # SQLite: a file on this host, whose clock is the database's
+
+
 def _age(since) -> float:
-    return (timezone.now() - since).total_seconds()
+    return (db_now() - since).total_seconds()
 
 
 # -- the request -------------------------------------------------------------------------------------
@@ -66,7 +87,7 @@ def order_place(
     digest = request_fingerprint(
         show_id=show_id, quantity=quantity, email=email, card_token=card_token
     )
-    lease = timedelta(seconds=settings.ORDERS_SAFETY_NET_DELAY)
+    lease = settings.ORDERS_SAFETY_NET_DELAY
     try:
         with transaction.atomic():
             order = Order.objects.create(
@@ -76,7 +97,7 @@ def order_place(
                 quantity=quantity,
                 email=email,
                 card_token=card_token,
-                placing_until=timezone.now() + lease,
+                placing_until=db_later(lease),
             )
             # In the same transaction: some task owns the order from its first moment.
             schedule(order, delay=settings.ORDERS_SAFETY_NET_DELAY)
@@ -90,11 +111,10 @@ def order_place(
             return order, False
         # Its first request is gone, or gave up on inventory: this one places it again, if
         # no other request is doing so (a conditional update on the placing lease).
-        now = timezone.now()
         taken = (
             Order.objects.filter(pk=order.pk, status=Status.PENDING)
-            .filter(Q(placing_until__isnull=True) | Q(placing_until__lt=now))
-            .update(placing_until=now + lease)
+            .filter(Q(placing_until__isnull=True) | Q(placing_until__lt=Now()))
+            .update(placing_until=db_later(lease))
         )
         if not taken:
             raise OrderInProgress() from None
@@ -124,6 +144,18 @@ def drive(order: Order, *, by: Driver) -> None:
     ``NotNow`` (from the worker) when a step could not be done and should be tried again.
     """
     order.refresh_from_db()
+    if order.parked:
+        return  # staff own it (manage.py orders)
+    try:
+        _drive(order, by=by)
+    except (clients.FinalAnswer, NeedsAttention) as exc:
+        if by == WORKER:
+            park(order, f"{type(exc).__name__}: {exc}", by=by)
+        else:  # the request leaves it to the worker, which parks it
+            logger.error("order %s: %s", order.id, exc)
+
+
+def _drive(order: Order, *, by: Driver) -> None:
     if order.status == Status.PENDING:
         _hold_seats(order, by=by)
     if order.status == Status.PAYMENT_PENDING:
@@ -154,6 +186,12 @@ def _hold_seats(order: Order, *, by: Driver) -> None:
         return
     except (clients.SeatsUnavailable, clients.HoldClosed):
         _fail(order, "seats_unavailable", by=by)
+        return
+    except clients.FinalAnswer as exc:
+        # An answer no replay changes (the request breaks inventory's contract): the order
+        # fails now, nothing charged, rather than a 503 that invites the same request again.
+        logger.error("order %s: inventory refused the hold for good: %s", order.id, exc)
+        _fail(order, "inventory_refused", by=by)
         return
     except UNAVAILABLE as exc:
         # The hold may have landed before its answer was lost: the order stays pending (its
@@ -231,21 +269,25 @@ def _settle_the_charge(order: Order, *, by: Driver, failure_code: str) -> None:
         _fail(order, failure_code, by=by)
 
 
-def _sell_seats(order: Order, *, by: Driver) -> None:
+def sell_seats_at_inventory(order: Order) -> None:
+    """Inventory sells the order its held seats; a hold that expired before they were sold is
+    held again first, if seats are left. Raises what inventory answered: SeatsUnavailable,
+    HoldClosed, HoldReleased, or one of UNAVAILABLE."""
     order_id = str(order.id)
     try:
-        try:
-            clients.inventory_confirm(order_id=order_id)
-        except clients.HoldReleased:
-            # The hold expired before the seats were sold: hold them again if any are left.
-            clients.inventory_hold(
-                order_id=order_id, show_id=order.show_id, quantity=order.quantity, rehold=True
-            )
-            clients.inventory_confirm(order_id=order_id)
+        clients.inventory_confirm(order_id=order_id)
+    except clients.HoldReleased:
+        clients.inventory_hold(
+            order_id=order_id, show_id=order.show_id, quantity=order.quantity, rehold=True
+        )
+        clients.inventory_confirm(order_id=order_id)
+
+
+def _sell_seats(order: Order, *, by: Driver) -> None:
+    try:
+        sell_seats_at_inventory(order)
     except (clients.SeatsUnavailable, clients.HoldClosed, clients.HoldReleased):
-        logger.error("order %s is paid but its seats are gone: refunding it", order.id)
-        if transition(order, Status.REFUNDING, by=by) and by == WORKER:
-            _refund(order)
+        _give_up_the_seats(order, by=by)
         return
     except UNAVAILABLE as exc:
         logger.warning("order %s: seats not sold yet: %s", order.id, exc)
@@ -255,7 +297,46 @@ def _sell_seats(order: Order, *, by: Driver) -> None:
     transition(order, Status.CONFIRMED, by=by)
 
 
+def _give_up_the_seats(order: Order, *, by: Driver) -> None:
+    """A paid order found no seats: inventory decides, by the final release. Released and
+    closed: no seat for it, ever, and it is refunded. Confirmed: another pass sold it the
+    seats meanwhile, and it is confirmed. Never a refund on a guess (docs/architecture.md)."""
+    try:
+        outcome = clients.inventory_release(order_id=str(order.id), final=True)
+    except clients.HoldConfirmed:
+        logger.warning("order %s: its seats were sold after all: confirming it", order.id)
+        transition(order, Status.CONFIRMED, by=by, detail="release refused: hold_confirmed")
+        return
+    except UNAVAILABLE as exc:
+        if by == WORKER:
+            raise NotNow(f"inventory (release): {exc}") from exc
+        return
+    logger.error("order %s is paid but its seats are gone (%s): refunding it", order.id, outcome)
+    if (
+        transition(
+            order,
+            Status.REFUNDING,
+            by=by,
+            seats_released=True,
+            failure_code="seats_unavailable",
+            detail=f"final release: {outcome}",
+        )
+        and by == WORKER
+    ):
+        _refund(order)
+
+
 def _refund(order: Order) -> None:
+    if not order.seats_released:  # refunding since before inventory decided: ask it now
+        try:
+            clients.inventory_release(order_id=str(order.id), final=True)
+        except clients.HoldConfirmed:
+            raise NeedsAttention(
+                "refunding, but inventory says its seats are sold: refund or confirm it"
+            ) from None
+        except UNAVAILABLE as exc:
+            raise NotNow(f"inventory (release): {exc}") from exc
+        mark(order, seats_released=True)
     try:
         refund_id = clients.payments_refund(
             idempotency_key=order.refund_idempotency_key,
@@ -265,7 +346,11 @@ def _refund(order: Order) -> None:
     except UNAVAILABLE as exc:
         raise NotNow(f"payments (refund): {exc}") from exc
     transition(
-        order, Status.FAILED, by=WORKER, refund_id=refund_id, failure_code="seats_unavailable"
+        order,
+        Status.FAILED,
+        by=WORKER,
+        refund_id=refund_id,
+        failure_code=order.failure_code or "seats_unavailable",
     )
 
 
@@ -299,6 +384,9 @@ def _after_failed(order: Order, *, by: Driver) -> None:
     if not order.seats_released:
         try:
             clients.inventory_release(order_id=str(order.id), final=True)
+        except clients.HoldConfirmed:
+            # Sold seats for an order that failed: an invariant broken; staff decide.
+            raise NeedsAttention("failed, but inventory says its seats are sold") from None
         except UNAVAILABLE as exc:
             logger.warning("order %s: seats not released yet: %s", order.id, exc)
             if by == WORKER:

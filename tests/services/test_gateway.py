@@ -107,11 +107,12 @@ def test_unknown_urls_answer_json_404(client, db):
 def test_the_order_page_says_what_happened_to_the_money_in_every_state():
     from django.template.loader import render_to_string
 
-    def page(status, refunded=False):
+    def page(status, refunded=False, needs_attention=False):
         order = {
             "id": "o1",
             "status": status,
             "refunded": refunded,
+            "needs_attention": needs_attention,
             "quantity": 1,
             "email": "fan@example.com",
             "failure_code": "seats_unavailable",
@@ -124,3 +125,10 @@ def test_the_order_page_says_what_happened_to_the_money_in_every_state():
     assert "being refunded" in page("refunding")
     assert "charged" in page("paid") and "being booked" in page("paid")
     assert "Nothing has been charged yet" in page("pending")
+    # parked for staff: said plainly, with what happened to the money
+    paid = page("paid", needs_attention=True)
+    assert "staff is sorting this order out" in paid and "being booked" not in paid
+    assert "charged; you will either get your seats or a full refund" in paid
+    assert "Nothing has been charged." in page("pending", needs_attention=True)
+    assert "never a second charge" in page("payment_pending", needs_attention=True)
+    assert "staff" in page("failed", refunded=True, needs_attention=True)

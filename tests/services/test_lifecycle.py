@@ -6,11 +6,13 @@ services answer over HTTP (tests/services/conftest.py). Docstrings say what the 
 before.
 """
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core import mail
+from django.core.management import CommandError
 from django.utils import timezone
 from django_tasks_db.compat import TaskResultStatus
 from django_tasks_db.models import DBTaskResult
@@ -169,9 +171,9 @@ def charged_while_pending(client, stack, settings, make_show):
     """payment_pending, but the charge landed at payments (the answer was lost: timed out but
     charged), and then the hold expired and was released."""
 
-    def make(seats_total: int, someone_else_takes_the_seats: bool) -> Order:
+    def make(seats_total: int, someone_else_takes_the_seats: bool, key: str = "pp") -> Order:
         show = make_show(seats_total=seats_total)
-        order = pending_payment(client, show, settings)
+        order = pending_payment(client, show, settings, key=key)
         answer = client.post(
             "/payments/api/charges/",
             {
@@ -539,3 +541,300 @@ def test_a_hold_released_for_good_is_never_held_again(make_show):
         inventory.hold_create(order_id="failed", show_id=show.pk, quantity=2, rehold=True)
     show.refresh_from_db()
     assert show.seats_held == 0
+
+
+# -- issue 14: after the charge, inventory decides; nothing retries forever; fencing -----------
+
+
+def test_a_refund_never_races_the_seat_sale_inventory_decides(
+    charged_while_pending, make_show, monkeypatch
+):
+    """Defect 1. Pass D1 found the hold released and could not hold it again (sold out); the
+    seats freed up; pass D2 held them again and confirmed at inventory; D1 then took
+    paid -> refunding and refunded. The order ended failed and refunded with its seats sold,
+    its final release got 409 hold_confirmed, read as "try later", for ever."""
+    order = charged_while_pending(seats_total=2, someone_else_takes_the_seats=False)
+    order_id = str(order.id)
+    show_id = SeatHold.objects.get(order_id=order_id).show_id
+    inventory.hold_create(order_id="someone-else", show_id=show_id, quantity=2)  # the last seats
+    real_hold = clients.inventory_hold
+
+    def hold(**kwargs):
+        try:
+            return real_hold(**kwargs)
+        except clients.SeatsUnavailable:
+            if Order.objects.get(pk=order_id).status == "paid":
+                # D1 was told "sold out". Now the seats free up, and D2 takes them and sells
+                # them to the order at inventory, before either pass moves the order.
+                inventory.hold_release(order_id="someone-else", final=True)
+                real_hold(**kwargs)
+                clients.inventory_confirm(order_id=order_id)
+            raise
+
+    monkeypatch.setattr(clients, "inventory_hold", hold)
+    for _ in range(3):
+        if settle(order.id) == "settled":
+            break
+    order.refresh_from_db()
+    assert (order.status, order.refunded, order.settled) == ("confirmed", False, True)
+    assert SeatHold.objects.get(order_id=order_id).status == "confirmed"
+    assert not Refund.objects.filter(charge__order_id=order_id).exists()
+    assert [n.kind for n in Notification.objects.filter(order_id=order_id)] == ["order_confirmed"]
+
+
+def test_a_paid_order_whose_seats_are_gone_is_refunded_only_after_inventory_closed_the_hold(
+    charged_while_pending,
+):
+    order = charged_while_pending(seats_total=2, someone_else_takes_the_seats=True)
+    for _ in range(3):
+        if settle(order.id) == "settled":
+            break
+    order.refresh_from_db()
+    hold = SeatHold.objects.get(order_id=str(order.id))
+    assert (order.status, order.refunded, hold.status, hold.closed) == (
+        "failed",
+        True,
+        "released",
+        True,
+    )
+    history = [(e.from_status, e.to_status) for e in order.events.filter(kind="transition")]
+    assert history[-2:] == [("paid", "refunding"), ("refunding", "failed")]
+    assert "final release: already_released" in order.events.get(to_status="refunding").detail
+
+
+def test_an_answer_that_will_not_change_parks_the_order_instead_of_retrying_for_ever(
+    client, stack, make_show, upstream, settings
+):
+    """Any 4xx from another service was "try later": the worker retried every pass, for ever,
+    with no alert. Now a final answer parks the order, with its reason, for staff."""
+    show = make_show(seats_total=4)
+    order_id = place(client, show, key="tickets").json()["id"]
+    Order.objects.filter(pk=order_id).update(notified=False)
+    # notifications now answers every request with a 422, which will never change
+    settings.RESILIENCE_SERVICES = {
+        **settings.RESILIENCE_SERVICES,
+        "notifications": f"{upstream.url}/status/422",
+    }
+    assert settle(order_id).startswith("parked: FinalAnswer")
+    order = Order.objects.get(pk=order_id)
+    assert order.parked and "422" in order.parked_reason and order.status == "confirmed"
+    assert settle(order_id).startswith("parked")  # nothing drives it any more
+    assert order_id not in reconciler.orders_without_a_live_task()  # staff own it
+
+
+def test_too_many_passes_park_the_order(client, stack, settings, make_show):
+    show = make_show(seats_total=4)
+    order = pending_payment(client, show, settings)
+    settings.RESILIENCE_SERVICES = {
+        **settings.RESILIENCE_SERVICES,
+        "payments": "http://127.0.0.1:9",
+    }
+    settings.ORDERS_SETTLE_MAX_PASSES = 3
+    answers = [settle_order.call(str(order.id), attempt) for attempt in range(3)]
+    assert answers[0].startswith("payment_pending: next pass")
+    assert answers[2].startswith("parked: not settled after 3 passes; last: NotNow: payments")
+    order.refresh_from_db()
+    assert order.parked and order.events.filter(kind="parked").count() == 1
+
+
+@pytest.mark.django_db
+def test_a_pass_fenced_off_by_a_newer_one_cannot_move_the_order():
+    """A worker paused past its lease wakes up after its order was handed to another pass:
+    its writes are refused, whatever state it read."""
+    order = Order.objects.create(
+        idempotency_key="k", show_id=1, quantity=1, email="a@b.c", status="payment_pending"
+    )
+    paused = Order.objects.get(pk=order.pk)
+    lifecycle.claim(paused)
+    newer = Order.objects.get(pk=order.pk)
+    lifecycle.claim(newer)  # the reconciler handed the order to a new pass
+    with pytest.raises(lifecycle.Superseded):
+        lifecycle.transition(paused, "failed", by=lifecycle.Driver.WORKER)
+    with pytest.raises(lifecycle.Superseded):
+        lifecycle.park(paused, "too late")
+    assert Order.objects.get(pk=order.pk).status == "payment_pending"
+    assert lifecycle.transition(newer, "paid", by=lifecycle.Driver.WORKER, charge_id=1)
+
+
+@pytest.mark.django_db
+def test_two_passes_claiming_at_once_never_hold_the_same_token():
+    """Pass B claims between pass A's write of its token and A's read of it (Django's own
+    execute_wrapper runs B's claim right after A's UPDATE): A must hold the older token and be
+    fenced off, not read B's and believe it owns the order."""
+    from django.db import connection
+
+    order = Order.objects.create(
+        idempotency_key="k", show_id=1, quantity=1, email="a@b.c", status="payment_pending"
+    )
+    a, b = Order.objects.get(pk=order.pk), Order.objects.get(pk=order.pk)
+    interleaved, b_claimed = [], []
+
+    def b_claims_right_after_as_update(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith("UPDATE") and "fence" in sql and not interleaved:
+            interleaved.append("B")  # B's own UPDATE comes through here too
+            b_claimed.append(lifecycle.claim(b))
+        return result
+
+    with connection.execute_wrapper(b_claims_right_after_as_update):
+        token_a = lifecycle.claim(a)
+    assert b_claimed == [token_a + 1]
+    assert lifecycle.transition(b, "paid", by=lifecycle.Driver.WORKER, charge_id=1)
+    with pytest.raises(lifecycle.Superseded):
+        lifecycle.transition(a, "failed", by=lifecycle.Driver.WORKER)
+
+
+@pytest.mark.django_db
+def test_a_reaped_task_stays_failed_when_its_paused_worker_wakes_up_and_finishes_it():
+    """django-tasks-db's set_successful overwrote the reaper's FAILED with SUCCESSFUL."""
+    from orders.management.commands.orders_worker import FencedWorker
+
+    result = settle_order.enqueue("00000000-0000-0000-0000-000000000000", 0)
+    row = DBTaskResult.objects.get(pk=result.id)
+    worker = FencedWorker(
+        queue_names=["default"],
+        interval=0,
+        batch=True,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=1,
+        worker_id="host:1:paused",
+        excluded_queue_names=[],
+    )
+    row.claim(worker.worker_id)
+
+    real_call = type(settle_order).call
+
+    def call_after_being_reaped(self, *args, **kwargs):
+        # paused past its lease: the reaper marks the task failed meanwhile
+        WorkerHeartbeat.objects.create(worker_id=worker.worker_id, host="host", pid=1)
+        WorkerHeartbeat.objects.filter(pk=worker.worker_id).update(
+            beat_at=timezone.now() - timedelta(minutes=5)
+        )
+        assert reconciler.reap() == 1
+        return real_call(self, *args, **kwargs)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(type(settle_order), "call", call_after_being_reaped):
+        worker.run_task(row)
+    row.refresh_from_db()
+    assert row.status == TaskResultStatus.FAILED
+    assert row.exception_class_path == "orders.reconciler.WorkerDied"
+
+
+def _parked_metric(client) -> dict[str, float]:
+    text = client.get("/metrics").content.decode()
+    return {
+        line.split('status="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("orders_parked{")
+    }
+
+
+def test_a_parked_order_is_counted_and_staff_settle_it_with_the_operator_command(
+    client, stack, make_show, upstream, settings
+):
+    """Parked, counted by orders_parked (OrdersNeedAttention's series), listed, inspected, and
+    retried by staff once the cause is fixed: settled, and counted no more."""
+    from django.core.management import call_command
+
+    show = make_show(seats_total=4)
+    order_id = place(client, show, key="tickets").json()["id"]
+    Order.objects.filter(pk=order_id).update(notified=False)
+    live = settings.RESILIENCE_SERVICES["notifications"]
+    settings.RESILIENCE_SERVICES = {
+        **settings.RESILIENCE_SERVICES,
+        "notifications": f"{upstream.url}/status/422",
+    }
+    assert _parked_metric(client)["confirmed"] == 0
+    assert settle(order_id).startswith("parked")
+    assert _parked_metric(client)["confirmed"] == 1
+    assert client.get(f"/orders/api/orders/{order_id}/").json()["needs_attention"] is True
+    assert order_id in call_command("orders", "parked")
+    seen = json.loads(call_command("orders", "inspect", order_id))
+    assert [e["kind"] for e in seen["history"]][-1] == "parked"
+    assert seen["inventory"]["status"] == "confirmed" and len(seen["payments"]["charges"]) == 1
+
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "notifications": live}
+    said = call_command("orders", "retry", order_id)
+    assert said.endswith("Now confirmed (settled).")
+    assert _parked_metric(client)["confirmed"] == 0
+    with pytest.raises(CommandError, match="settled"):
+        call_command("orders", "retry", order_id)
+
+
+@pytest.fixture
+def parked_paid(charged_while_pending):
+    """A paid order, parked: its charge landed, its hold released by expiry."""
+
+    def make(**kwargs) -> Order:
+        order = charged_while_pending(**kwargs)
+        [charge] = succeeded(order.id)
+        Order.objects.filter(pk=order.pk).update(status="paid", charge_id=charge.pk)
+        order.refresh_from_db()
+        assert lifecycle.park(order, "test: paid, parked")
+        return order
+
+    return make
+
+
+def test_staff_cannot_refund_an_order_whose_seats_are_sold_and_confirm_it_instead(parked_paid):
+    from django.core.management import call_command
+
+    order = parked_paid(seats_total=2, someone_else_takes_the_seats=False)
+    inventory.hold_create(order_id=str(order.id), show_id=order.show_id, quantity=2, rehold=True)
+    inventory.hold_confirm(order_id=str(order.id))  # sold to it, the order never heard
+    with pytest.raises(CommandError, match="seats are sold: confirm it instead"):
+        call_command("orders", "refund", str(order.id))
+    assert not Refund.objects.exists()
+    assert call_command("orders", "confirm", str(order.id)).endswith("Now confirmed (settled).")
+
+
+def test_staff_cannot_confirm_an_order_without_seats_and_refund_it_instead(parked_paid):
+    from django.core.management import call_command
+
+    order = parked_paid(seats_total=2, someone_else_takes_the_seats=True)
+    with pytest.raises(CommandError, match="no seats for it"):
+        call_command("orders", "confirm", str(order.id))
+    said = call_command("orders", "refund", str(order.id))
+    assert said.endswith("Now failed (settled)."), said
+    order.refresh_from_db()
+    assert (order.refunded, order.failure_code) == (True, "refunded_by_staff")
+    hold = SeatHold.objects.get(order_id=str(order.id))
+    assert (hold.status, hold.closed) == ("released", True)
+    with pytest.raises(CommandError, match="only a paid or refunding order"):
+        call_command("orders", "confirm", str(order.id))
+
+
+def test_a_refunding_order_whose_seats_were_sold_is_parked_and_staff_confirm_it(parked_paid):
+    """Left by an older version: refunding (decided before inventory decided) while inventory
+    sold it the seats. The worker parks it rather than refund sold seats; staff confirm it
+    (payments never refunded it); an order payments did refund cannot be confirmed."""
+    from django.core.management import call_command
+
+    order = parked_paid(seats_total=4, someone_else_takes_the_seats=False)
+    inventory.hold_create(order_id=str(order.id), show_id=order.show_id, quantity=2, rehold=True)
+    inventory.hold_confirm(order_id=str(order.id))
+    Order.objects.filter(pk=order.pk).update(
+        status="refunding", seats_released=False, parked_reason="", parked_at=None
+    )
+    assert settle(order.id).startswith("parked: NeedsAttention: refunding, but inventory")
+    said = call_command("orders", "retry", str(order.id))
+    assert "parked again: NeedsAttention" in said, said
+    assert call_command("orders", "confirm", str(order.id)).endswith("Now confirmed (settled).")
+    order.refresh_from_db()
+    assert (order.refunded, order.notified, order.seats_released) == (False, True, False)
+    assert not Refund.objects.exists()
+
+    refunded = parked_paid(seats_total=4, someone_else_takes_the_seats=False, key="another")
+    clients.payments_refund(
+        idempotency_key=refunded.refund_idempotency_key,
+        charge_id=refunded.charge_id,
+        reason="seats_unavailable",
+    )  # the refund landed, its answer was lost
+    Order.objects.filter(pk=refunded.pk).update(status="refunding")
+    refunded.refresh_from_db()
+    with pytest.raises(CommandError, match="payments refunded it"):
+        call_command("orders", "confirm", str(refunded.id))
+    assert Order.objects.get(pk=refunded.pk).status == "refunding"

@@ -83,6 +83,31 @@ def test_sold_out_fails_the_order_without_a_charge(client, stack, make_show):
     assert Charge.objects.count() == 0
 
 
+def test_an_answer_from_inventory_that_no_replay_changes_fails_the_order_at_once(
+    client, stack, settings, make_show, upstream
+):
+    """A 400 from inventory to the hold (a request that breaks its contract) will be the same
+    answer to every replay: the order fails now, nothing charged, instead of a 503 that asks
+    the customer to try again; and the worker settles it once inventory answers again."""
+    show = make_show(seats_total=10)
+    live = settings.RESILIENCE_SERVICES["inventory"]
+    settings.RESILIENCE_SERVICES = {
+        **settings.RESILIENCE_SERVICES,
+        "inventory": f"{upstream.url}/status/400",
+    }
+    response = place(client, show)
+    order = response.json()
+    assert (response.status_code, order["status"], order["failure_code"]) == (
+        201,
+        "failed",
+        "inventory_refused",
+    )
+    assert Charge.objects.count() == 0
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "inventory": live}
+    assert settle_order.call(order["id"], 0) == "settled"
+    assert SeatHold.objects.get(order_id=order["id"]).status == "released"  # its tombstone
+
+
 def test_an_unknown_show_is_a_404(client, stack):
     response = client.post(
         "/orders/api/orders/",

@@ -34,6 +34,10 @@ class Command(BaseCommand):
                         "settled": order.settled,
                         "refunded": order.refunded,
                         "payment_attempts": order.payment_attempts,
+                        "amount": None if order.amount is None else str(order.amount),
+                        "charge_id": order.charge_id,
+                        "refund_id": order.refund_id,
+                        "parked_reason": order.parked_reason,
                     }
                     for order in Order.objects.order_by("created_at")
                 ],

@@ -5,8 +5,9 @@ import time
 from django.conf import settings
 from django.db import close_old_connections
 from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
+from django_tasks_db.management.commands.db_worker import Worker
 
-from orders import reconciler
+from orders import reconciler, worker_health
 
 logger = logging.getLogger("orders.worker")
 
@@ -24,7 +25,17 @@ def _keep_alive(worker_id: str, stop: threading.Event) -> None:
             logger.exception("heartbeat or reconcile failed")
         finally:
             close_old_connections()
+            worker_health.beat()  # every beat, even when the database write failed
         stop.wait(settings.ORDERS_WORKER_HEARTBEAT)
+
+
+class FencedWorker(Worker):
+    """django-tasks-db's worker, whose verdict on a task holds only while the task is still
+    RUNNING under this worker: a reaped task's FAILED stands (``reconciler.fence_task_result``)."""
+
+    def run_task(self, db_task_result) -> None:
+        reconciler.fence_task_result(db_task_result, self.worker_id)
+        super().run_task(db_task_result)
 
 
 class Command(DbWorkerCommand):
@@ -34,6 +45,9 @@ class Command(DbWorkerCommand):
     )
 
     def handle(self, *args, **options):
+        worker_health.started()
+        if settings.ORDERS_WORKER_METRICS_PORT:  # its own container: no /metrics of orders'
+            worker_health.serve_metrics(settings.ORDERS_WORKER_METRICS_PORT)
         worker_id = reconciler.new_worker_id()
         reconciler.beat(worker_id)  # before any task is claimed under this id
         logger.info(
@@ -45,7 +59,19 @@ class Command(DbWorkerCommand):
         threading.Thread(
             target=_keep_alive, args=(worker_id, stop), name="orders-heartbeat", daemon=True
         ).start()
+        self.configure_logging(options["verbosity"])
+        worker = FencedWorker(
+            queue_names=options["queue_name"].split(","),
+            interval=options["interval"],
+            batch=options["batch"],
+            backend_name=options["backend_name"],
+            startup_delay=options["startup_delay"],
+            max_tasks=options["max_tasks"],
+            worker_id=worker_id,
+            excluded_queue_names=[],
+        )
+        worker.configure_signals()
         try:
-            return super().handle(*args, **{**options, "worker_id": worker_id})
+            worker.run()
         finally:
             stop.set()
