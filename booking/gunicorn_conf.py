@@ -4,7 +4,6 @@ Threaded workers (gthread), several processes per service, so that cross-process
 (breaker state, metrics, bulkheads per process) is real.
 """
 
-import glob
 import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
@@ -25,12 +24,14 @@ proc_name = os.environ.get("GUNICORN_PROC_NAME", "booking")
 
 
 def on_starting(server):
-    # Per-process metric files of an earlier run would be summed into this one's.
+    # Per-process metric files of an earlier run would be summed into this one's. Not those of
+    # a process still running: orders' task worker writes into orders' directory too.
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
+        from resilience import multiprocess
+
         os.makedirs(directory, exist_ok=True)
-        for path in glob.glob(os.path.join(directory, "*.db")):
-            os.remove(path)
+        multiprocess.remove_files_of_dead_processes(directory)
 
 
 def child_exit(server, worker):

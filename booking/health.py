@@ -1,10 +1,15 @@
-"""``/health/``: this service's own status, plus the state of each of its circuit breakers."""
+"""``/health/`` (readiness): this service's own status, its database and its circuit breakers.
+``/livez/`` (liveness): the process answers, and nothing else is asked.
+
+A database outage must take the pods out of the Service, never restart them all: Kubernetes
+reads readiness from ``/health/`` and liveness from ``/livez/``.
+"""
 
 import os
 
 from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
 from resilience.health import breaker_states
@@ -33,3 +38,9 @@ def health(request):
         "circuit_breakers": breaker_states(getattr(settings, "SERVICE_DEPENDENCIES", None)),
     }
     return JsonResponse(body, status=200 if database else 503)
+
+
+@require_GET
+def livez(request):
+    """200 from the process itself: no database, no Redis, no call out (a liveness probe)."""
+    return HttpResponse("ok\n", content_type="text/plain")

@@ -2,7 +2,9 @@ from django.conf import settings
 
 from chaos import faults, store
 
-EXEMPT = ("/chaos/", "/metrics")
+# A liveness probe is never faulted: a fault would make Kubernetes restart the pods it is
+# meant to show failing.
+EXEMPT = ("/chaos/", "/metrics", "/livez/")
 
 
 class ChaosMiddleware:

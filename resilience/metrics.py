@@ -358,3 +358,19 @@ def describe_policy(config) -> None:
         ("enabled", 1 if config.enabled else 0),
     ):
         policy_setting.labels(config.name, setting).set(value)
+
+
+# -- a service's own collectors ------------------------------------------------------------------
+
+_collectors: list = []
+
+
+def register_collector(collector) -> None:
+    """Add a collector of the service's own series (read at scrape time, e.g. from its
+    database) to the ``/metrics`` view; once per collector type, whoever calls it again."""
+    if not any(type(c) is type(collector) for c in _collectors):
+        _collectors.append(collector)
+
+
+def registered_collectors() -> list:
+    return list(_collectors)

@@ -1,3 +1,4 @@
+import logging
 import os
 
 from django.http import HttpResponse
@@ -12,6 +13,23 @@ from prometheus_client import (
 
 from resilience import metrics as resilience_metrics
 
+logger = logging.getLogger(__name__)
+
+
+class _Guarded:
+    """A service's own collector, kept from failing the scrape: if it raises (its database is
+    down, say), its series are left out of this scrape and the rest are served."""
+
+    def __init__(self, collector) -> None:
+        self.collector = collector
+
+    def collect(self):
+        try:
+            return list(self.collector.collect())
+        except Exception:
+            logger.exception("%s failed: its series are left out of this scrape", self.collector)
+            return []
+
 
 @require_GET
 def metrics(request) -> HttpResponse:
@@ -25,4 +43,9 @@ def metrics(request) -> HttpResponse:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    # The service's own series, read at scrape time (orders' parked orders, say).
+    own = CollectorRegistry(auto_describe=False)
+    for collector in resilience_metrics.registered_collectors():
+        own.register(_Guarded(collector))
+    body = generate_latest(registry) + generate_latest(own)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -17,22 +17,38 @@ def pytest_configure(config):
     (Path(settings.VAR_DIR) / "db").mkdir(parents=True, exist_ok=True)
 
 
+def on_postgresql() -> bool:
+    return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+
+
+# marker: (whether what it needs is there, how to run them)
+NEEDS = {
+    "redis": (lambda: bool(REDIS_URL), "set REDIS_URL=redis://127.0.0.1:6379/15"),
+    "postgresql": (
+        on_postgresql,
+        "set DATABASE_URL=postgres://postgres@127.0.0.1:5432/booking",
+    ),
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``redis`` run when REDIS_URL names a server (CI's second pass sets it)."""
-    if REDIS_URL:
-        return
-    deselected = [item for item in items if item.get_closest_marker("redis")]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("redis")]
-        config._redis_deselected = len(deselected)
+    """Tests marked ``redis`` run when REDIS_URL names a server, those marked ``postgresql``
+    when DATABASE_URL names a PostgreSQL database (CI's second pass sets both)."""
+    config._deselected_for = {}
+    for marker, (available, _) in NEEDS.items():
+        if available():
+            continue
+        deselected = [item for item in items if item.get_closest_marker(marker)]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]
+            config._deselected_for[marker] = len(deselected)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    count = getattr(config, "_redis_deselected", 0)
-    if count:
+    for marker, count in getattr(config, "_deselected_for", {}).items():
         terminalreporter.write_line(
-            f"{count} tests that need Redis were not run: set REDIS_URL=redis://127.0.0.1:6379/15 "
+            f"{count} tests that need {marker} were not run: {NEEDS[marker][1]} "
             "to run them (.ci/run does)."
         )
 

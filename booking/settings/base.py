@@ -258,12 +258,24 @@ ORDERS_SAFETY_NET_DELAY = env_int("ORDERS_SAFETY_NET_DELAY", 15)
 # a payment pending this long is settled with payments (charged: paid; if not, never).
 ORDERS_PENDING_MAX_AGE = env_int("ORDERS_PENDING_MAX_AGE", 300)
 ORDERS_PAYMENT_PENDING_MAX_AGE = env_int("ORDERS_PAYMENT_PENDING_MAX_AGE", 900)
+# Nothing retries forever: after this many passes of the worker (about an hour with the
+# backoff above), an order that is still not settled is parked for staff (``manage.py orders``).
+ORDERS_SETTLE_MAX_PASSES = env_int("ORDERS_SETTLE_MAX_PASSES", 150)
+# The task worker serves its own /metrics on this port when set (compose, Kubernetes: its own
+# container); on the local stack it writes into orders' metrics directory instead (0: off).
+ORDERS_WORKER_METRICS_PORT = env_int("ORDERS_WORKER_METRICS_PORT", 0)
 # The task worker: a heartbeat every ORDERS_WORKER_HEARTBEAT seconds; a worker silent for
 # ORDERS_WORKER_DEAD_AFTER is dead and its running tasks are reaped. The reconciler looks for
 # unsettled orders that no live task owns every ORDERS_RECONCILE_INTERVAL seconds.
 ORDERS_WORKER_HEARTBEAT = env_int("ORDERS_WORKER_HEARTBEAT", 2)
 ORDERS_WORKER_DEAD_AFTER = env_int("ORDERS_WORKER_DEAD_AFTER", 10)
 ORDERS_RECONCILE_INTERVAL = env_int("ORDERS_RECONCILE_INTERVAL", 10)
+# Touched by the worker's heartbeat thread at every beat, database or not: its liveness probe
+# (`manage.py orders_worker_alive`) reads the file's age, never the database.
+ORDERS_WORKER_ALIVE_FILE = env_str("ORDERS_WORKER_ALIVE_FILE", str(VAR_DIR / "orders-worker.alive"))
+# How many task workers the local stack runs (`orders-worker`, `orders-worker-2`, ...): two
+# show that their leases and fencing hold when one of them is paused or killed mid-task.
+ORDERS_TASK_WORKERS = env_int("ORDERS_TASK_WORKERS", 1)
 
 LOGGING = {
     "version": 1,
@@ -293,7 +305,7 @@ if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
     # Probes and Prometheus scrape over plain HTTP from inside the network.
-    SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^metrics$"]
+    SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^livez/$", r"^metrics$"]
     SECURE_HSTS_SECONDS = 31_536_000
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True

@@ -2,7 +2,12 @@
 
 from django.urls import include, path
 
-urlpatterns = [path("", include("workshop.console.urls"))]
+from booking.health import livez
+
+urlpatterns = [
+    path("livez/", livez, name="livez"),
+    path("", include("workshop.console.urls")),
+]
 
 handler404 = "booking.errors.not_found"
 handler500 = "booking.errors.server_error"
