@@ -111,4 +111,7 @@ def test_prometheus_scrapes_every_service():
         for group in job["static_configs"]
         for t in group["targets"]
     }
-    assert targets == {f"{service}:{port_of(service)}" for service in SERVICES}
+    assert targets == {f"{service}:{port_of(service)}" for service in SERVICES} | {
+        "orders-worker:9100"  # the task worker's own /metrics
+    }
+    assert COMPOSE["services"]["orders-worker"]["environment"]["ORDERS_WORKER_METRICS_PORT"] == 9100

@@ -17,10 +17,13 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from django.urls import resolve
 
+from booking import health
 from booking.settings import base
 from tests.test_compose import COMPOSE, EXTERNAL_VARIABLES, variables_read_by_the_code
 from workshop import mesh
+from workshop.console import views as console_views
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy/k8s"
@@ -64,6 +67,8 @@ LEFT_UNSET = {
         "ORDERS_SAFETY_NET_DELAY",
         "ORDERS_SETTLE_BACKOFF_INITIAL",
         "ORDERS_SETTLE_BACKOFF_MAX",
+        "ORDERS_SETTLE_MAX_PASSES",
+        "ORDERS_WORKER_ALIVE_FILE",
         "ORDERS_WORKER_DEAD_AFTER",
         "ORDERS_WORKER_HEARTBEAT",
         "PAYMENTS_IN_FLIGHT_LEASE",
@@ -80,6 +85,9 @@ LEFT_UNSET = {
     },
     "the image sets it (Dockerfile)": {"BOOKING_VAR_DIR"},
     "Kubernetes runs the processes, not supervisord": {"CONSOLE_SUPERVISOR_SOCKET"},
+    "the local stack's number of task workers: Kubernetes scales the Deployment": {
+        "ORDERS_TASK_WORKERS"
+    },
     "the local stack's workshop tooling (`manage.py stack policy`, `lab prometheus`)": {
         "RESILIENCE_POLICY_OVERRIDES",
         "LAB_PROMETHEUS_URL",
@@ -293,18 +301,48 @@ def test_postgres_creates_exactly_the_service_databases():
     )
 
 
+# What each probe's path must reach in the container's own URLconf. Startup and liveness
+# restart the container when they fail, so they must answer without the database (a
+# PostgreSQL outage would restart every pod); readiness takes it out of its Service instead.
+PROBE_VIEWS = {
+    "startupProbe": {health.livez},
+    "readinessProbe": {health.health, console_views.health},  # the console has no database
+    "livenessProbe": {health.livez},
+}
+
+
+def probed_view(documents: list[dict], container: dict, path: str):
+    """The view that ``path`` reaches in the URLconf of the container's own settings."""
+    module = environment(documents, container)["DJANGO_SETTINGS_MODULE"]
+    urlconf = re.search(
+        r'^ROOT_URLCONF = "([\w.]+)"$',
+        (ROOT / (module.replace(".", "/") + ".py")).read_text(),
+        re.M,
+    )[1]
+    return resolve(path, urlconf=urlconf).func
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_server_is_probed_on_health(rendered, overlay):
+def test_every_server_is_probed_and_only_readiness_needs_the_database(rendered, overlay):
     documents = rendered[overlay]
     for name, container in app_containers(documents):
-        if "ports" not in container:
-            continue  # the worker and the sweeper answer no HTTP
+        if not any(port["name"] == "http" for port in container.get("ports", [])):
+            continue  # the worker (its metrics port only) and the sweeper serve no HTTP API
         allowed = environment(documents, container)["DJANGO_ALLOWED_HOSTS"].split(",")
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe, views in PROBE_VIEWS.items():
             get = container[probe]["httpGet"]
-            assert (get["path"], get["port"]) == ("/health/", "http"), (name, probe)
+            assert get["port"] == "http", (name, probe)
+            assert probed_view(documents, container, get["path"]) in views, (name, probe)
             assert get["httpHeaders"] == [{"name": "Host", "value": "localhost"}], (name, probe)
             assert "localhost" in allowed, name
+
+
+def test_a_liveness_probe_on_health_would_fail_the_check(rendered):
+    """The check above tells the two paths apart: /health/ asks the database, /livez/ not."""
+    documents = rendered["base"]
+    [orders] = pod(of_kind(documents, "Deployment")["orders"])["spec"]["containers"]
+    assert probed_view(documents, orders, "/health/") not in PROBE_VIEWS["livenessProbe"]
+    assert probed_view(documents, orders, "/livez/") in PROBE_VIEWS["livenessProbe"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -371,11 +409,32 @@ def test_the_worker_uses_the_orders_database_and_the_sweeper_inventorys(rendered
             environment(documents, mine)["DATABASE_URL"]
             == environment(documents, theirs)["DATABASE_URL"]
         )
-        # prometheus_client would fail in the directory, which only gunicorn makes.
+        # Metric files in its own pod would be read by no /metrics (the local stack's worker
+        # shares orders' directory: docs/monitoring.md).
         assert "PROMETHEUS_MULTIPROC_DIR" not in environment(documents, mine), process
         # Its pods call with the service's policies, so the mesh's rules must follow them.
         labels = pod(deployments[process])["metadata"]["labels"]
         assert labels[mesh.CALLER_LABEL] == service
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_worker_is_alive_by_its_heartbeat_file_not_the_database(rendered, overlay):
+    [worker] = pod(of_kind(rendered[overlay], "Deployment")["orders-worker"])["spec"]["containers"]
+    probe = worker["livenessProbe"]
+    assert "httpGet" not in probe  # the worker answers no HTTP
+    command = probe["exec"]["command"]
+    assert command[:3] == ["python", "manage.py", "orders_worker_alive"]
+    assert (ROOT / "orders/management/commands/orders_worker_alive.py").exists()
+    max_age = float(command[command.index("--max-age") + 1])
+    # Several beats may pass unseen, one of them waiting out the database pool (DB_POOL_TIMEOUT,
+    # 5 s by default) before the next touch.
+    assert max_age >= 3 * base.ORDERS_WORKER_HEARTBEAT + 5
+    assert compose_healthcheck("orders-worker") == command
+
+
+def compose_healthcheck(container: str) -> list[str]:
+    test = COMPOSE["services"][container]["healthcheck"]["test"]
+    return test[1:] if test[0] == "CMD" else shlex.split(test[1])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -434,7 +493,9 @@ def test_production_settings_never_meet_the_chaos_api(rendered, overlay):
 def test_the_mesh_rules_were_exported_for_the_manifests_gunicorn_processes(rendered):
     documents = rendered["overlays/istio"]
     for name, container in app_containers(documents):
-        if settings_of(documents, container) in DATABASE_OWNERS and "ports" in container:
+        if settings_of(documents, container) in DATABASE_OWNERS and any(
+            p["name"] == "http" for p in container.get("ports", [])
+        ):
             assert environment(documents, container)["GUNICORN_WORKERS"] == str(
                 mesh.DEFAULT_WORKERS
             ), name
