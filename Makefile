@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Every test but the lab pages (a real stack for each of nine pages: `make labs`, run by CI).
+# Every test but the workshop as written (the nine lab pages, a real stack each, and the
+# README's payment-hang --compare: `make labs`, run by CI).
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not labs" $(PYTEST_ARGS)
 

@@ -58,6 +58,13 @@ class StackError(Exception):
     pass
 
 
+def task_workers() -> list[str]:
+    """The supervisor programs of the task workers: ``orders-worker``, then ``orders-worker-2``
+    and so on up to ``ORDERS_TASK_WORKERS``."""
+    count = max(1, settings.ORDERS_TASK_WORKERS)
+    return ["orders-worker", *(f"orders-worker-{n}" for n in range(2, count + 1))]
+
+
 SUPERVISOR_USER = "stack"
 
 
@@ -143,10 +150,18 @@ class Stack:
                 f"{self.python} -m gunicorn booking.wsgi:application -c booking/gunicorn_conf.py",
                 env,
             )
-        programs["orders-worker"] = (
-            f"{self.python} manage.py orders_worker --interval 0.5 --no-startup-delay",
-            self.env("orders"),
-        )
+        for name in task_workers():
+            programs[name] = (
+                f"{self.python} manage.py orders_worker --interval 0.5 --no-startup-delay",
+                {
+                    **self.env("orders"),
+                    # Its calls, retries and breakers beside orders' own: orders' /metrics
+                    # shows them.
+                    "PROMETHEUS_MULTIPROC_DIR": programs["orders"][1]["PROMETHEUS_MULTIPROC_DIR"],
+                    # Each its own alive file: one worker's beats must not hide another's death.
+                    "ORDERS_WORKER_ALIVE_FILE": str(self.var / f"{name}.alive"),
+                },
+            )
         console = {
             key: value
             for key, value in self.env(CONSOLE).items()
@@ -431,13 +446,13 @@ class Stack:
             if "default" in policies or uses & set(policies):
                 programs.append(service)
                 if service == "orders":
-                    programs.append("orders-worker")
+                    programs.extend(task_workers())
         return programs
 
-    def restart_services(self, programs=(*SERVICES, "orders-worker")) -> list[str]:
-        """Restart these programs (every service and the worker: the console aside) and wait
-        until every service answers its health check."""
-        programs = list(programs)
+    def restart_services(self, programs=None) -> list[str]:
+        """Restart these programs (by default every service and the task workers: the console
+        aside) and wait until every service answers its health check."""
+        programs = list(programs if programs is not None else (*SERVICES, *task_workers()))
         if programs:
             self.ctl("restart", *programs)
         self.wait_healthy(timeout=120)

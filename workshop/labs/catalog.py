@@ -7,6 +7,7 @@ lab commands wrote down themselves. Items assert on ranges and counts, never on 
 percentages, so that a noisy machine does not fail a learner who did the steps.
 """
 
+import json
 import re
 import time
 from collections import Counter
@@ -55,10 +56,10 @@ def _window_quantile(since: Since, q: float, caller: str, callee: str) -> float 
     return quantile(q, now, then, "resilience_call_duration_seconds", name=callee)
 
 
-def _shell(stack: RunningStack, service: str, code: str, failure: str) -> str:
+def _shell(stack: RunningStack, service: str, code: str, failure: str, timeout: float = 60) -> str:
     """Run ``code`` in ``manage.py shell`` with a service's settings: what it printed, or
     RuntimeError if it failed."""
-    done = stack.manage("shell", "-c", code, service=service, timeout=60)
+    done = stack.manage("shell", "-c", code, service=service, timeout=timeout)
     if done.returncode:
         raise RuntimeError(f"{failure}: {done.stderr}")
     return done.stdout
@@ -76,13 +77,77 @@ def free_seats(stack: RunningStack, seats: int = 100) -> str:
     return f"Every show has {seats} seats free for this lab."
 
 
+def faulted() -> list[str]:
+    """Services that still have a fault set (var/chaos/SERVICE.json not empty)."""
+    return [
+        path.stem
+        for path in sorted((Path(settings.VAR_DIR) / "chaos").glob("*.json"))
+        if path.read_text().strip() not in ("", "{}")
+    ]
+
+
+# How long `lab start` waits at most for the orders an earlier lab left unsettled: above the
+# task worker's longest backoff (ORDERS_SETTLE_BACKOFF_MAX, 30 s) plus a reconciler pass
+# (ORDERS_RECONCILE_INTERVAL, 10 s), and above a breaker's open wait when it cannot be reset
+# (memory storage: payments' is 30 s).
+SETTLE_WAIT = 90.0
+
+
+def settle_orders(stack: RunningStack, wait: float = SETTLE_WAIT) -> list[str]:
+    """Before ``lab start`` reads the stack: orders' breakers shared in Redis reset, and the
+    orders an earlier lab left unsettled settled (waited for, ``wait`` s at most; not while
+    a fault is still set, which would keep them from settling). What happened, one line each
+    (``manage.py orders settle``, orders/settling.py, says why)."""
+    faults = faulted()
+    args = ["settle", "--wait", f"{float(wait)!r}", *(["--no-wait"] if faults else [])]
+    done = stack.manage("orders", *args, service="orders", timeout=wait + 60)
+    if done.returncode:
+        raise RuntimeError(f"could not settle the orders: {done.stderr}")
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return settled_lines(found, wait, faults)
+
+
+def _counts(by_status: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+
+
+def settled_lines(found: dict, wait: float, faults: list[str]) -> list[str]:
+    """``settle_orders``' lines from what ``manage.py orders settle`` printed."""
+    lines = []
+    if found["reset"]:
+        lines.append(f"Orders' breakers (shared in Redis) are reset: {', '.join(found['reset'])}.")
+    first, left = sum(found["first"].values()), sum(found["left"].values())
+    if faults:
+        if left:
+            lines.append(
+                f"Note: {left} orders are left to settle ({_counts(found['left'])}), and not "
+                f"waited for: {', '.join(faults)} still has a fault set (`manage.py stack lift`)"
+            )
+    elif left:
+        lines.append(
+            f"Note: {left} orders still unsettled after {found['seconds']:g} s of waiting "
+            f"({_counts(found['left'])}; {first} at first): the ledgers read now may catch "
+            "some of them half-way (`manage.py stack status`, var/log/orders-worker.log)"
+        )
+    elif first:
+        lines.append(
+            f"The {first} orders an earlier lab left unsettled ({_counts(found['first'])}) "
+            f"settled in {found['seconds']:g} s."
+        )
+    if found["parked"]:
+        lines.append(
+            f"Note: {found['parked']} orders are parked, for staff to decide "
+            "(`manage.py orders parked`)"
+        )
+    return lines
+
+
 def leftovers(snapshot: Snapshot) -> list[str]:
     """What an earlier lab left behind that would show in this one: faults still set,
     breakers still open, policies changed."""
-    notes = []
-    for path in sorted((Path(settings.VAR_DIR) / "chaos").glob("*.json")):
-        if path.read_text().strip() not in ("", "{}"):
-            notes.append(f"Note: {path.stem} still has a fault set: `manage.py stack lift`")
+    notes = [
+        f"Note: {service} still has a fault set: `manage.py stack lift`" for service in faulted()
+    ]
     for service in snapshot.metrics:
         opened = sorted(
             {

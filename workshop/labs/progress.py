@@ -153,5 +153,5 @@ class Since:
         return [o for o in self.now.ledger["orders"]["orders"] if o["id"] not in known]
 
     def new_charges(self) -> list[dict]:
-        known = {c["id"] for c in self.start.ledger["payments"]}
-        return [c for c in self.now.ledger["payments"] if c["id"] not in known]
+        known = {c["id"] for c in self.start.ledger["payments"]["charges"]}
+        return [c for c in self.now.ledger["payments"]["charges"] if c["id"] not in known]

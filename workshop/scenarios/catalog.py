@@ -4,6 +4,7 @@ with resilience on (the checks). ``docs/scenarios.md`` explains each one."""
 import math
 
 from resilience.conf import build_config
+from workshop.scenarios.audit import UNSETTLED_BOUND
 from workshop.scenarios.load import (
     BUSINESS,
     OK,
@@ -102,6 +103,65 @@ def nothing_lost(result: RunResult) -> list[Check]:
             "no hold left for a finished order",
             not (a["stuck"] or a["orphaned_running_tasks"] or a["orphaned_holds"]),
             f"{none('stuck')} / {none('orphaned_running_tasks')} / {none('orphaned_holds')}",
+        ),
+    ]
+
+
+def stricter_audit(result: RunResult) -> list[Check]:
+    """The audit's stricter rules (workshop/scenarios/audit.py): amounts, ids, seat counts,
+    payments in flight, parked orders, the drain's bound, a consistent read."""
+    a = result.audit
+
+    def none(*keys: str) -> str:
+        return " / ".join(f"{len(a[k])}" + (f": {a[k][:3]}" if a[k] else "") for k in keys)
+
+    def check(description: str, *keys: str) -> Check:
+        return Check(description, not any(a[k] for k in keys), none(*keys))
+
+    return [
+        check(
+            "every charge is its order's price x quantity, every refund its charge",
+            "order_amount_not_price_times_quantity",
+            "charge_not_the_orders_amount",
+            "refund_not_its_charge",
+        ),
+        check(
+            "every charge and refund an order records is that order's at payments",
+            "charge_or_refund_of_another_order",
+            "charged_for_no_order",
+        ),
+        check(
+            "seats held = the seats of the holds held, per show; no failed order keeps seats",
+            "seats_held_not_matching_holds",
+            "failed_with_seats",
+        ),
+        check("no payment left in flight; no order parked", "payments_in_flight", "parked"),
+        check(
+            f"no order unsettled {UNSETTLED_BOUND:g} s after the faults were lifted; the "
+            "ledgers read alike twice in a row",
+            "unsettled_past_bound",
+            "ledger_inconsistent",
+        ),
+    ]
+
+
+def paused_checks(result: RunResult) -> list[Check]:
+    """With ``--pauses``: processes paused past their leases, a task worker among them while
+    it ran a task."""
+    n = result.nemesis
+    if not n.get("pausing"):
+        return []
+    return [
+        Check(
+            "processes paused (SIGSTOP) past their leases, then resumed",
+            n.get("pauses", 0) >= 1,
+            f"{n.get('pauses', 0)}",
+        ),
+        Check(
+            "a task worker paused while it ran a task, past its heartbeat's lease",
+            n.get("worker_pauses_mid_task", 0) >= 1,
+            f"{n.get('worker_pauses_mid_task', 0)} ({n.get('worker_pauses_reaped', 0)} of "
+            "them reaped by another worker meanwhile)",
         ),
     ]
 
@@ -447,9 +507,11 @@ SCENARIOS = {
             env={"SEAT_HOLD_TTL": "20", "SEAT_HOLD_SWEEP_EVERY": "3"},
             checks=lambda r: [
                 Check(
-                    f"at least {_kills_expected(r)} SIGKILLs",
-                    r.nemesis.get("kills", 0) >= _kills_expected(r),
-                    f"{r.nemesis.get('kills', 0)} (seed {r.nemesis.get('seed')})",
+                    f"at least {_kills_expected(r)} SIGKILLs"
+                    + (" and pauses" if r.nemesis.get("pausing") else ""),
+                    r.nemesis.get("kills", 0) + r.nemesis.get("pauses", 0) >= _kills_expected(r),
+                    f"{r.nemesis.get('kills', 0)} SIGKILLs, {r.nemesis.get('pauses', 0)} pauses "
+                    f"(seed {r.nemesis.get('seed')})",
                 ),
                 Check(
                     "the task worker SIGKILLed while it ran a task",
@@ -461,10 +523,12 @@ SCENARIOS = {
                     r.nemesis.get("payments_kills_after_charge", 0) >= 1,
                     f"{r.nemesis.get('payments_kills_after_charge', 0)}",
                 ),
+                *paused_checks(r),
                 answered_in_the_end(r),
                 drained(r),
                 emails_once(r),
                 *nothing_lost(r),
+                *stricter_audit(r),
             ],
         ),
         Scenario(

@@ -64,6 +64,17 @@ def table(scenario: Scenario, results: list[RunResult]) -> str:
             [f"{r.drain_seconds:.1f} s" if r.drain_seconds is not None else "NO" for r in results],
         )
     )
+    if any(r.nemesis for r in results):
+        rows.append(
+            (
+                "nemesis",
+                [
+                    f"seed {r.nemesis.get('seed')}, {r.nemesis.get('kills', 0)} SIGKILLs, "
+                    f"{r.nemesis.get('pauses', 0)} pauses"
+                    for r in results
+                ],
+            )
+        )
     header = ("", [label(r.resilience) for r in results])
     width0 = max(len(name) for name, _ in [header, *rows])
     widths = [
@@ -88,6 +99,7 @@ def table(scenario: Scenario, results: list[RunResult]) -> str:
                 )
             )
     for r in results:
+        lines += [f"drain ({label(r.resilience)}): {note}" for note in r.drain_notes]
         if r.checks:
             lines += ["", f"checks ({label(r.resilience)}):"]
             lines += [

@@ -55,6 +55,7 @@ class RunningStack:
         self.resilience = resilience
         self.faulted: set[str] = set()  # services with a fault injected through /chaos/
         self.stopped: set[str] = set()  # programs stopped with stop()
+        self.paused: dict[int, str] = {}  # pid or process group -> what was paused (SIGSTOP)
         self.urls = {
             name: f"http://127.0.0.1:{port}"
             for name, port in zip((*SERVICES, CONSOLE), free_ports(len(SERVICES) + 1), strict=True)
@@ -108,7 +109,7 @@ class RunningStack:
         stack.id = "attached"
         stack.var_dir = Path(var_dir)
         stack.resilience = resilience
-        stack.faulted, stack.stopped = set(), set()
+        stack.faulted, stack.stopped, stack.paused = set(), set(), {}
         stack.urls = dict(urls)
         stack.env = {
             **os.environ,
@@ -144,6 +145,7 @@ class RunningStack:
             raise RuntimeError(f"stack up failed:\n{done.stdout}\n{done.stderr}\n{self.logs()}")
 
     def down(self) -> None:
+        self.resume_all()  # a stopped process would only die at supervisor's SIGKILL
         self.manage("stack", "down", timeout=60)
         self.cleanup()
 
@@ -192,10 +194,12 @@ class RunningStack:
         return {"Authorization": f"Bearer {self.env['CHAOS_TOKEN']}"}
 
     def inject(self, service: str, fault: dict) -> None:
+        # Marked before it is sent: a request that times out (the service paused, or too busy)
+        # may still be applied once the service reads it, and recover() must lift it then.
+        self.faulted.add(service)
         requests.put(
             self.url(service, "/chaos/"), json=fault, headers=self.chaos_headers, timeout=5
         ).raise_for_status()
-        self.faulted.add(service)
 
     def lift(self, service: str) -> str:
         """Lift the service's fault through its chaos API; if the service is too busy to answer
@@ -215,9 +219,9 @@ class RunningStack:
         return how
 
     def recover(self) -> list[str]:
-        """Lift every fault injected and start every program stopped, through this object;
-        what was done, one line each."""
-        done = []
+        """Resume every process paused, lift every fault injected and start every program
+        stopped, through this object; what was done, one line each."""
+        done = [f"{what}: resumed (SIGCONT)" for what in self.resume_all()]
         for service in sorted(self.faulted):
             done.append(f"{service}: fault lifted {self.lift(service)}")
         for program in sorted(self.stopped):
@@ -305,6 +309,73 @@ class RunningStack:
         except ProcessLookupError:
             return None
         return pid
+
+    def task_workers(self) -> list[str]:
+        """The task workers' programs this stack runs (``orders-worker``, ``orders-worker-2``
+        ...), from supervisor."""
+        names = [info["name"] for info in self.supervisor().getAllProcessInfo()]
+        return sorted(n for n in names if n == "orders-worker" or n.startswith("orders-worker-"))
+
+    def program_of(self, pid: int) -> str | None:
+        """The program whose main process is ``pid`` (None: none, or no longer)."""
+        for info in self.supervisor().getAllProcessInfo():
+            if info["statename"] == "RUNNING" and info["pid"] == pid:
+                return info["name"]
+        return None
+
+    # -- processes, paused for real ------------------------------------------------------------
+
+    def pause(self, program: str) -> int | None:
+        """SIGSTOP a program's whole process group: it holds its sockets, locks and leases but
+        runs no line until ``resume``. Supervisor still sees it RUNNING, as a platform sees a
+        process stalled by a long GC pause, a frozen VM or a full disk. The group, or None."""
+        pid = self.pid(program)
+        if pid is None or -pid in self.paused:
+            return None
+        try:
+            os.killpg(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return None
+        self.paused[-pid] = program
+        return pid
+
+    def pause_worker(self, service: str, choose) -> int | None:
+        """SIGSTOP one gunicorn worker process of ``service`` (``choose`` picks from the list).
+        Its master is not paused: it sees the worker's heartbeat stop, and kills it only after
+        gunicorn's timeout (60 s). The pid, or None."""
+        pids = [pid for pid in self.worker_pids(service) if pid not in self.paused]
+        if not pids:
+            return None
+        pid = choose(pids)
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return None
+        self.paused[pid] = f"a gunicorn worker of {service} (pid {pid})"
+        return pid
+
+    def resume(self, pid: int) -> bool:
+        """SIGCONT what ``pause`` (the group ``pid``) or ``pause_worker`` (the process ``pid``)
+        stopped; False if it is gone (killed meanwhile: nothing to resume)."""
+        key = -pid if -pid in self.paused else pid
+        if self.paused.pop(key, None) is None:  # resumed already (by another thread)
+            return False
+        try:
+            if key < 0:
+                os.killpg(pid, signal.SIGCONT)
+            else:
+                os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def resume_all(self) -> list[str]:
+        """SIGCONT everything still paused; what was resumed, one name each."""
+        resumed = []
+        for key, what in sorted(self.paused.items()):
+            if self.resume(abs(key)):
+                resumed.append(what)
+        return resumed
 
     def all_running(self) -> list[str]:
         """Programs supervisor does not have RUNNING (empty when all are)."""

@@ -3,7 +3,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from workshop.labs import prometheus, traffic
-from workshop.labs.catalog import LABS, Item, Lab, free_seats, leftovers
+from workshop.labs.catalog import LABS, Item, Lab, free_seats, leftovers, settle_orders
 from workshop.labs.progress import Since, Snapshot, labs_dir, running_stack
 from workshop.stack import StackError
 
@@ -77,7 +77,12 @@ class Command(BaseCommand):
         path = labs_dir() / f"{lab.slug}.json"
         if lab.stack:
             stack = running_stack()
-            self.stdout.write(f"Lab {lab.number}, {lab.title}: reading the stack ...")
+            # From a settled stack: an order an earlier lab left half-way, settled while the
+            # ledgers are read one service after another, would read as damage (issue 14).
+            self.stdout.write(f"Lab {lab.number}, {lab.title}: settling what earlier labs left ...")
+            for line in settle_orders(stack):
+                self.stdout.write(self.style.WARNING(line) if line.startswith("Note") else line)
+            self.stdout.write("Reading the stack ...")
             snapshot = Snapshot.take(stack, ledger=lab.ledger)
             if snapshot.unread():
                 raise CommandError(

@@ -32,6 +32,18 @@ class Command(BaseCommand):
             help="the nemesis's seed (chaos-monkey): the same seed, the same choices",
         )
         parser.add_argument(
+            "--pauses",
+            action="store_true",
+            help="the nemesis (chaos-monkey) also pauses processes (SIGSTOP) past their leases, "
+            "a task worker among them while it runs a task, then resumes them (SIGCONT)",
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            choices=[1, 2, 3, 4],
+            help="task workers of the fresh stack (ORDERS_TASK_WORKERS; default: 1)",
+        )
+        parser.add_argument(
             "--duration",
             type=float,
             help="seconds of load (default: the scenario's own); a shorter run for a workshop",
@@ -58,6 +70,8 @@ class Command(BaseCommand):
         seed=1,
         duration=None,
         on_stack=False,
+        pauses=False,
+        workers=None,
         **options,
     ):
         if action == "list":
@@ -81,6 +95,8 @@ class Command(BaseCommand):
             scenario = dataclasses.replace(
                 scenario, profile=dataclasses.replace(scenario.profile, duration=duration)
             )
+        if (pauses or workers) and not scenario.nemesis:
+            raise CommandError(f"--pauses and --workers are the nemesis's: {name} has none")
         stack = None
         if on_stack:
             if compare:
@@ -112,6 +128,8 @@ class Command(BaseCommand):
                     stack=stack,
                     out=lambda line: self.stderr.write(line),
                     seed=seed,
+                    pauses=pauses,
+                    workers=workers,
                 )
             )
         table = report.table(scenario, results)
@@ -119,6 +137,10 @@ class Command(BaseCommand):
         stem = f"{name}-compare" if compare else name
         if scenario.nemesis:
             stem += f"-seed{seed}"
+            if pauses:
+                stem += "-pauses"
+            if workers:
+                stem += f"-workers{workers}"
         if on_stack:
             stem += "-live"
         report.write_json(out / f"{stem}.json", scenario, results)
