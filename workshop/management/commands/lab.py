@@ -3,7 +3,16 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from workshop.labs import prometheus, traffic
-from workshop.labs.catalog import LABS, Item, Lab, free_seats, leftovers, settle_orders
+from workshop.labs.catalog import (
+    LABS,
+    Item,
+    Lab,
+    close_breakers,
+    free_seats,
+    leftovers,
+    open_breakers,
+    settle_orders,
+)
 from workshop.labs.progress import Since, Snapshot, labs_dir, running_stack
 from workshop.stack import StackError
 
@@ -84,6 +93,11 @@ class Command(BaseCommand):
                 self.stdout.write(self.style.WARNING(line) if line.startswith("Note") else line)
             self.stdout.write("Reading the stack ...")
             snapshot = Snapshot.take(stack, ledger=lab.ledger)
+            opened = open_breakers(snapshot) if not snapshot.unread() else {}
+            if opened:
+                for line in close_breakers(stack, opened):
+                    self.stdout.write(line)
+                snapshot = Snapshot.take(stack, ledger=lab.ledger)
             if snapshot.unread():
                 raise CommandError(
                     f"{', '.join(snapshot.unread())} did not answer /metrics: the checkpoint "
