@@ -16,6 +16,7 @@ connection, over every address the name has, share the connect timeout.
 """
 
 import ipaddress
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -70,6 +71,16 @@ _local = threading.local()
 _lookups = threading.BoundedSemaphore(MAX_LOOKUPS_IN_FLIGHT)
 # The resolver: ``socket.getaddrinfo``, replaced only by tests of a name server that hangs.
 resolve = socket.getaddrinfo
+
+
+def _after_fork_in_child() -> None:
+    """A lookup in flight in the parent has no thread here: its slot would never come back."""
+    global _lookups
+    _lookups = threading.BoundedSemaphore(MAX_LOOKUPS_IN_FLIGHT)
+    _local.__dict__.clear()  # the parent's watch and session belong to the parent's thread
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _current_watch():

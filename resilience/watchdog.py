@@ -56,6 +56,13 @@ class Watchdog:
         self._cond = threading.Condition()
         self._pid: int | None = None
 
+    def after_fork(self) -> None:
+        """In a child process: the parent's watches are not ours, and its thread held the lock
+        perhaps at the very moment of the fork."""
+        self._heap, self._live = [], set()
+        self._cond = threading.Condition()
+        self._pid = None
+
     def _ensure_thread(self) -> None:
         if self._pid != os.getpid():  # a fresh thread after fork
             self._pid = os.getpid()
@@ -105,3 +112,4 @@ class Watchdog:
 
 
 watchdog = Watchdog()
+os.register_at_fork(after_in_child=watchdog.after_fork)

@@ -10,6 +10,8 @@ body of empty deflate blocks 50 s (the servers here stop after 15 s).
 """
 
 import contextlib
+import json
+import os
 import socket
 import threading
 import time
@@ -205,3 +207,60 @@ def test_lookups_that_hang_are_capped_and_later_calls_fail_at_once(
         assert "name lookups already waiting" in str(exc)
     finally:
         release.set()
+
+
+def test_a_child_forked_mid_call_bounds_its_own_calls(settings, policy, upstream, monkeypatch):
+    """A fork (gunicorn's workers) while the parent has a call on the watch and name lookups
+    hanging: the child's watchdog runs, and the lookups' slots are the child's to use."""
+    release = threading.Event()
+    monkeypatch.setattr(http, "resolve", lambda *args: release.wait(10.0) and [])
+    held = ServiceClient("held")
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "held": "http://hung.test"}
+    settings.RESILIENCE_POLICIES = {
+        **settings.RESILIENCE_POLICIES,
+        "held": {
+            "TIMEOUT": {"CONNECT": 0.05, "READ": READ},
+            "RETRY": {"MAX_ATTEMPTS": 1},
+            "CIRCUIT_BREAKER": {"SLIDING_WINDOW_SIZE": 100, "MINIMUM_NUMBER_OF_CALLS": 100},
+        },
+    }
+    for _ in range(http.MAX_LOOKUPS_IN_FLIGHT):  # every slot taken by a lookup that hangs
+        with contextlib.suppress(Exception):
+            held.get("/")
+    in_flight = threading.Thread(target=timed_call, args=("/head?every=0.1&n=150",))
+    in_flight.start()
+    time.sleep(0.3)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without the test session's teardown
+        try:
+            os.close(read)
+            elapsed, exc = timed_call("/head?every=0.1&n=150")
+            _, lookup = timed_call_of(held)
+            report = {
+                "type": type(exc).__name__,
+                "elapsed": elapsed,
+                "lookup": str(lookup),
+            }
+            os.write(write, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        os.waitpid(pid, 0)
+        report = json.loads(os.read(read, 10000))
+    finally:
+        release.set()
+        in_flight.join()
+    assert report["type"] == "UpstreamTimeoutError", report
+    assert report["elapsed"] < ATTEMPT + WATCHDOG_MARGIN + SCHEDULING, report
+    assert "already waiting" not in report["lookup"], report  # it waited on a lookup of its own
+
+
+def timed_call_of(client: ServiceClient) -> tuple[float, BaseException | None]:
+    start = time.monotonic()
+    try:
+        client.get("/")
+    except Exception as exc:
+        return time.monotonic() - start, exc
+    return time.monotonic() - start, None
