@@ -6,13 +6,18 @@ returns the ``requests.Response`` for a 2xx, 3xx or 4xx answer. A connection err
 or a 5xx (or a status listed in ``RETRY_ON_STATUS``) is a failure that the policy retries and
 counts, and that reaches the caller as a ``ResilienceError`` once the policy gives up.
 
-Each attempt is bounded as a whole: connect within ``TIMEOUT.CONNECT``, then the complete
-response within ``TIMEOUT.READ``, both capped by the deadline in force. ``requests``' own read
-timeout is per socket read, so a server that trickles a byte at a time never trips it; here
-the body is read chunk by chunk with the socket's timeout set to the time that is left.
+Each attempt is bounded as a whole, whatever the server sends: it ends by ``CONNECT + READ``
+after it starts, or by the deadline in force if that comes first, plus the watchdog's margin
+(``WATCHDOG_MARGIN``). Socket timeouts bound one ``recv`` each, so a server that trickles its
+status line and headers, a chunked body's size lines or a gzip body of empty deflate blocks
+never trips them; here every socket an attempt uses is attached to a watch
+(``resilience.watchdog``) that shuts it down at the attempt's end. The name lookup and the
+connection, over every address the name has, share the connect timeout.
 """
 
-import contextlib
+import ipaddress
+import os
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +25,14 @@ from typing import Any
 import requests
 import urllib3
 from django.core.exceptions import ImproperlyConfigured
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from resilience import conf, policies
 from resilience import deadline as deadlines
+from resilience.clock import clock
 from resilience.conf import BASELINE_TIMEOUT
 from resilience.exceptions import (
     BusinessError,
@@ -48,7 +58,150 @@ CUT_SHORT_TOLERANCE = 0.01
 # client instead of the caller's own "unavailable". Trusted only between services of a stack.
 DEPENDENCY_HEADER = "X-Dependency-Unavailable"
 
+# How long after its end an attempt may still be running: the watchdog thread's wake-up and
+# the blocked read's return after the shutdown (benchmarks/deadline.py: 0.5 to 4.5 ms past the
+# limit on 2 cores with the test suite running beside it).
+WATCHDOG_MARGIN = 0.05
+# Name lookups that may hang at once (each in a thread of its own, since ``getaddrinfo``
+# cannot be interrupted); beyond them a new connection fails at once instead of piling up
+# threads behind a DNS server that does not answer.
+MAX_LOOKUPS_IN_FLIGHT = 16
+
 _local = threading.local()
+_lookups = threading.BoundedSemaphore(MAX_LOOKUPS_IN_FLIGHT)
+# The resolver: ``socket.getaddrinfo``, replaced only by tests of a name server that hangs.
+resolve = socket.getaddrinfo
+
+
+def _after_fork_in_child() -> None:
+    """A lookup in flight in the parent has no thread here: its slot would never come back."""
+    global _lookups
+    _lookups = threading.BoundedSemaphore(MAX_LOOKUPS_IN_FLIGHT)
+    _local.__dict__.clear()  # the parent's watch and session belong to the parent's thread
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _current_watch():
+    return getattr(_local, "watch", None)
+
+
+def _lookup(host: str, port: int, timeout: float) -> list:
+    """``getaddrinfo`` for a name, given up after ``timeout`` (``socket.timeout``).
+
+    An address needs no lookup. A name is looked up in a thread of its own, which is left to
+    finish by itself if the answer is late."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    if not _lookups.acquire(blocking=False):
+        raise socket.gaierror(
+            socket.EAI_AGAIN, f"{MAX_LOOKUPS_IN_FLIGHT} name lookups already waiting"
+        )
+    answer: list = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            answer.append(resolve(host, port, 0, socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the caller, if it still waits
+            answer.append(exc)
+        finally:
+            _lookups.release()
+            done.set()
+
+    threading.Thread(target=run, name="resilience-lookup", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError(f"name lookup of {host} took longer than {timeout:.3g} s")
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]
+
+
+class _WatchedConnection:
+    """A urllib3 connection whose sockets join the current attempt's watch. Its name lookup
+    and connection to each of the name's addresses share one connect timeout."""
+
+    def _new_conn(self) -> socket.socket:
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+        watch = _current_watch()
+        until = None
+        if timeout is not None:
+            until = clock.now() + timeout
+        if watch is not None:
+            until = watch.until if until is None else min(until, watch.until)
+        try:
+            sock = self._connect(until)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+        if watch is not None:
+            watch.attach(sock)
+        return sock
+
+    def _connect(self, until: float | None) -> socket.socket:
+        def left() -> float | None:
+            if until is None:
+                return None
+            remaining = until - clock.now()
+            if remaining <= 0:
+                raise TimeoutError("connect timeout")
+            return remaining
+
+        host = self._dns_host.strip("[]")
+        infos = _lookup(host, self.port, left() if until is not None else 3600.0)
+        error: OSError | None = None
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                for level, option, value in self.socket_options or ():
+                    sock.setsockopt(level, option, value)
+                sock.settimeout(left())
+                if self.source_address:
+                    sock.bind(self.source_address)
+                sock.connect(address)
+                return sock
+            except OSError as exc:  # TimeoutError included: the next address, if time is left
+                sock.close()
+                error = exc
+        raise error or OSError(f"no address for {host}")
+
+    def request(self, *args, **kwargs):
+        watch = _current_watch()
+        if watch is not None and self.sock is not None:  # a pooled connection, reused
+            watch.attach(self.sock)
+        return super().request(*args, **kwargs)
+
+
+class _HTTPConnection(_WatchedConnection, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_WatchedConnection, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 class _ClientErrorAnswer(BusinessError):
@@ -67,6 +220,9 @@ def _session() -> requests.Session:
     if session is None:
         session = _local.session = requests.Session()
         session.trust_env = False  # calls between services never go through an HTTP proxy
+        adapter = _WatchedAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
     return session
 
 
@@ -163,18 +319,28 @@ class ServiceClient:
         else:
             connect = read = BASELINE_TIMEOUT
             until = now + read
+        late = f"{method} {url}: answer not complete in time"
         try:
-            response = _session().request(
-                method,
-                url,
-                headers=headers,
-                params=params,
-                json=json,
-                timeout=(connect, read),
-                stream=True,
-                allow_redirects=False,
-            )
-            _read_body(response, until, policy)
+            with watchdog.watch(until) as watch:
+                _local.watch = watch
+                try:
+                    response = _session().request(
+                        method,
+                        url,
+                        headers=headers,
+                        params=params,
+                        json=json,
+                        timeout=(connect, read),
+                        stream=True,
+                        allow_redirects=False,
+                    )
+                except requests.RequestException as exc:
+                    if watch.fired:  # the shutdown at ``until`` looks like a closed connection
+                        raise UpstreamTimeoutError(late, policy=policy.name) from exc
+                    raise
+                finally:
+                    _local.watch = None
+                _read_body(response, until, policy, watch)
         except (requests.Timeout, UpstreamTimeoutError) as exc:
             if isinstance(exc, requests.ConnectTimeout):
                 cut = connect_cut
@@ -214,34 +380,32 @@ class ServiceClient:
         return response
 
 
-def _read_body(response: requests.Response, until: float, policy: Policy) -> None:
+def _read_body(response: requests.Response, until: float, policy: Policy, watch) -> None:
     """Read the whole body by ``until`` (a ``policy.clock`` time), whatever pace the server keeps.
 
-    Before each read the socket's timeout is set to the time left. A chunked body also gets
-    the watchdog, because http.client reads its size lines with a loop of ``recv`` calls.
+    Before each read the socket's timeout is set to the time left; the attempt's watch shuts
+    the socket down at ``until`` if a read still runs (http.client reads a chunked body's size
+    lines with a loop of ``recv`` calls, and a decoder may take many reads for no output).
+    A body cut short by that shutdown is never taken for a whole one.
     """
     raw = response.raw
     connection = getattr(raw, "connection", None)
     sock = getattr(connection, "sock", None)
-    guard = (
-        watchdog.guard(sock, until)
-        if sock is not None and raw.chunked
-        else contextlib.nullcontext()
-    )
     chunks = []
     late = f"{response.url}: response not complete in time"
     try:
-        with guard:
-            while True:
-                left = until - policy.clock.now()
-                if left <= 0:
-                    raise UpstreamTimeoutError(late, policy=policy.name)
-                if sock is not None:
-                    sock.settimeout(left)
-                chunk = raw.read1(CHUNK, decode_content=True)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+        while True:
+            left = until - policy.clock.now()
+            if left <= 0:
+                raise UpstreamTimeoutError(late, policy=policy.name)
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = raw.read1(CHUNK, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if watch.fired:  # a body without a length ends at the shutdown as if it were whole
+            raise UpstreamTimeoutError(late, policy=policy.name)
     except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
         response.close()
         raise UpstreamTimeoutError(late, policy=policy.name) from exc
@@ -250,7 +414,7 @@ def _read_body(response: requests.Response, until: float, policy: Policy) -> Non
         raise
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         response.close()
-        if policy.clock.now() >= until:  # the watchdog cut it off
+        if watch.fired or policy.clock.now() >= until:  # the watchdog cut it off
             raise UpstreamTimeoutError(late, policy=policy.name) from exc
         raise UpstreamConnectionError(f"{response.url}: {exc}", policy=policy.name) from exc
     response._content = b"".join(chunks)

@@ -8,6 +8,10 @@ Paths choose the behaviour, so one server serves a whole test module:
     /hang                    held until the test calls ``release()`` (or 30 s pass)
     /trickle?every=0.2&n=20  200 whose body arrives one byte every 0.2 s
     /chunked?every=0.1&n=50  200, chunked, whose first chunk-size line trickles in byte by byte
+    /head?every=0.1&n=100    its status line and headers one byte every 0.1 s (n bytes of headers)
+    /gzip?every=0.05&n=200   200, gzip, whose body is n empty deflate blocks, one every 0.05 s
+    /close?every=0.1&n=50    200 with no length (the body ends when the connection closes),
+                             one byte every 0.1 s
     /script                  the next answer from ``script([...])``: status codes or "hang"
     /echo                    200 with the request's method, headers and body
 """
@@ -119,6 +123,12 @@ class Upstream:
                         self._trickle(float(query.get("every", 0.2)), int(query.get("n", 20)))
                     elif kind == "chunked":
                         self._chunked(float(query.get("every", 0.1)), int(query.get("n", 50)))
+                    elif kind == "head":
+                        self._head(float(query.get("every", 0.1)), int(query.get("n", 100)))
+                    elif kind == "gzip":
+                        self._gzip(float(query.get("every", 0.05)), int(query.get("n", 200)))
+                    elif kind == "close":
+                        self._close(float(query.get("every", 0.1)), int(query.get("n", 50)))
                     elif kind == "script":
                         answer = upstream._next_scripted()
                         if answer == "hang":
@@ -163,6 +173,38 @@ class Upstream:
                     self.wfile.flush()
                 self.wfile.write(b"\r\nx\r\n0\r\n\r\n")
                 self.wfile.flush()
+
+            def _drip(self, data: bytes, every: float) -> None:
+                for byte in data:
+                    time.sleep(every)
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+
+            def _head(self, every: float, n: int) -> None:
+                pad = "x" * max(1, n - 40)
+                head = f"HTTP/1.1 200 OK\r\nX-Pad: {pad}\r\nContent-Length: 2\r\n\r\n"
+                self._drip(head.encode(), every)
+                self.wfile.write(b"{}")
+                self.wfile.flush()
+
+            def _gzip(self, every: float, n: int) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(10 + 5 * n))
+                self.end_headers()
+                self.wfile.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # gzip header
+                self.wfile.flush()
+                for _ in range(n):  # a stored block of no bytes, not the last: decodes to nothing
+                    time.sleep(every)
+                    self.wfile.write(b"\x00\x00\x00\xff\xff")
+                    self.wfile.flush()
+
+            def _close(self, every: float, n: int) -> None:
+                self.close_connection = True
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                self.wfile.flush()
+                self._drip(b"x" * n, every)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
