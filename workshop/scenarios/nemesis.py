@@ -42,8 +42,6 @@ from resilience.conf import build_config
 from workshop.scenarios.stack import SERVICES, RunningStack
 
 CHARGES = {"path_prefix": "/api/charges/"}
-# A task seen RUNNING twice this far apart is inside the hung call, not about to finish.
-STUCK_FOR = 0.3
 # Weights of the random kills, and of the random pauses.
 KILLS = (("worker process", 4), ("service", 3), ("task worker", 2), ("sweeper", 1))
 PAUSES = KILLS
@@ -249,21 +247,13 @@ class Nemesis:
             self._log("payments: fault lifted")
 
     def _running_task(self) -> tuple[str, str, str] | None:
-        """(task id, its order, the program of the live task worker running it), or None.
-
-        Only a task seen RUNNING twice, ``STUCK_FOR`` apart: one inside the hung call. A task
-        that merely happened to run at the first look (most take a few ms) may be finished by
-        the time the signal lands (lab 8 once killed the worker 10 ms after its task ended:
-        nothing to reap, and the page's step 3 found no 'reaped' line)."""
+        """(task id, its order, the program of the live task worker running it), or None."""
         from django_tasks_db.models import DBTaskResult
 
         table = DBTaskResult._meta.db_table
-        query = f"SELECT id, worker_ids, args_kwargs FROM {table} WHERE status = 'RUNNING'"
-        first = {str(row[0]) for row in self.stack.query("orders", query)}
-        if not first:
-            return None
-        time.sleep(STUCK_FOR)
-        rows = [row for row in self.stack.query("orders", query) if str(row[0]) in first]
+        rows = self.stack.query(
+            "orders", f"SELECT id, worker_ids, args_kwargs FROM {table} WHERE status = 'RUNNING'"
+        )
         for task, worker_ids, args_kwargs in rows:
             pid = worker_pid(worker_ids)
             program = self.stack.program_of(pid) if pid else None
