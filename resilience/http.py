@@ -29,6 +29,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
 
 from resilience import conf, policies
 from resilience import deadline as deadlines
@@ -62,9 +63,9 @@ DEPENDENCY_HEADER = "X-Dependency-Unavailable"
 # the blocked read's return after the shutdown (benchmarks/deadline.py: 0.5 to 4.5 ms past the
 # limit on 2 cores with the test suite running beside it).
 WATCHDOG_MARGIN = 0.05
-# Name lookups that may hang at once (each in a thread of its own, since ``getaddrinfo``
-# cannot be interrupted); beyond them a new connection fails at once instead of piling up
-# threads behind a DNS server that does not answer.
+# Name lookups that may run at once (each in a thread of its own, since ``getaddrinfo``
+# cannot be interrupted); a lookup beyond them waits for a slot within its connect time, so
+# that threads never pile up behind a name server that does not answer.
 MAX_LOOKUPS_IN_FLIGHT = 16
 
 _local = threading.local()
@@ -87,39 +88,60 @@ def _current_watch():
     return getattr(_local, "watch", None)
 
 
-def _lookup(host: str, port: int, timeout: float) -> list:
-    """``getaddrinfo`` for a name, given up after ``timeout`` (``socket.timeout``).
+def _lookup(host: str, port: int, timeout: float, family: int = socket.AF_UNSPEC) -> list:
+    """``getaddrinfo`` for a name, given up after ``timeout`` (``TimeoutError``); any failure
+    of the resolver is a ``socket.gaierror``.
 
     An address needs no lookup. A name is looked up in a thread of its own, which is left to
-    finish by itself if the answer is late."""
+    finish by itself if the answer is late; at most ``MAX_LOOKUPS_IN_FLIGHT`` run at once."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         pass
     else:
-        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
-    if not _lookups.acquire(blocking=False):
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    end = clock.now() + timeout
+    if not _lookups.acquire(timeout=max(0.0, timeout)):
         raise socket.gaierror(
             socket.EAI_AGAIN, f"{MAX_LOOKUPS_IN_FLIGHT} name lookups already waiting"
         )
+    slots = _lookups  # the semaphore this slot came from (a child process makes a new one)
     answer: list = []
     done = threading.Event()
 
     def run() -> None:
         try:
-            answer.append(resolve(host, port, 0, socket.SOCK_STREAM))
+            answer.append(resolve(host, port, family, socket.SOCK_STREAM))
         except BaseException as exc:  # handed to the caller, if it still waits
             answer.append(exc)
         finally:
-            _lookups.release()
+            slots.release()
             done.set()
 
     threading.Thread(target=run, name="resilience-lookup", daemon=True).start()
-    if not done.wait(timeout):
+    if not done.wait(max(0.0, end - clock.now())):
         raise TimeoutError(f"name lookup of {host} took longer than {timeout:.3g} s")
-    if isinstance(answer[0], BaseException):
+    if isinstance(answer[0], OSError):
         raise answer[0]
+    if isinstance(answer[0], BaseException):  # a label too long (UnicodeError), a broken resolver
+        raise socket.gaierror(socket.EAI_FAIL, f"{host}: {answer[0]!r}") from answer[0]
     return answer[0]
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    """Whether a timeout is what ``exc`` wraps (urllib3 and requests wrap a send's timeout in
+    'Connection aborted.'), through its arguments and causes."""
+    seen = 0
+    stack = [exc]
+    while stack and seen < 20:
+        current = stack.pop()
+        seen += 1
+        if isinstance(current, TimeoutError | socket.timeout):
+            return True
+        if isinstance(current, BaseException):
+            stack.extend(arg for arg in current.args if isinstance(arg, BaseException))
+            stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
 
 
 class _WatchedConnection:
@@ -158,28 +180,53 @@ class _WatchedConnection:
             return remaining
 
         host = self._dns_host.strip("[]")
-        infos = _lookup(host, self.port, left() if until is not None else 3600.0)
+        family = allowed_gai_family()  # IPv4 only on a host without IPv6, as urllib3 asks
+        infos = _lookup(host, self.port, left() if until is not None else 3600.0, family)
         error: OSError | None = None
         for family, kind, proto, _, address in infos:
-            sock = socket.socket(family, kind, proto)
+            sock = None
             try:
+                sock = socket.socket(family, kind, proto)
                 for level, option, value in self.socket_options or ():
                     sock.setsockopt(level, option, value)
                 sock.settimeout(left())
                 if self.source_address:
                     sock.bind(self.source_address)
                 sock.connect(address)
+                # What is left, not the whole connect timeout again, for a TLS handshake.
+                sock.settimeout(left())
                 return sock
             except OSError as exc:  # TimeoutError included: the next address, if time is left
-                sock.close()
+                if sock is not None:
+                    sock.close()
                 error = exc
         raise error or OSError(f"no address for {host}")
+
+    def connect(self) -> None:
+        super().connect()
+        watch = _current_watch()
+        if watch is not None:  # the TLS socket wraps (and detaches) the one attached above
+            watch.attach(self.sock)
 
     def request(self, *args, **kwargs):
         watch = _current_watch()
         if watch is not None and self.sock is not None:  # a pooled connection, reused
             watch.attach(self.sock)
         return super().request(*args, **kwargs)
+
+    def send(self, data) -> None:
+        """Send with the socket's timeout at the attempt's time left: a server that reads the
+        request slowly, or not at all, ends the attempt when its time is up (a timeout), not
+        after ``CONNECT`` (the socket's timeout while sending, in urllib3)."""
+        watch = _current_watch()
+        if watch is not None:
+            if self.sock is None:
+                self.connect()  # as http.client would, first: so the timeout below applies
+            left = watch.until - clock.now()
+            if left <= 0:
+                raise TimeoutError("no time left to send the request")
+            self.sock.settimeout(left)
+        return super().send(data)
 
 
 class _HTTPConnection(_WatchedConnection, HTTPConnection):
@@ -335,7 +382,9 @@ class ServiceClient:
                         allow_redirects=False,
                     )
                 except requests.RequestException as exc:
-                    if watch.fired:  # the shutdown at ``until`` looks like a closed connection
+                    # The shutdown at ``until`` looks like a closed connection, and a send that
+                    # timed out like an aborted one.
+                    if watch.fired or (not isinstance(exc, requests.Timeout) and _timed_out(exc)):
                         raise UpstreamTimeoutError(late, policy=policy.name) from exc
                     raise
                 finally:

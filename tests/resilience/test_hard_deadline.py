@@ -20,7 +20,11 @@ import pytest
 
 from resilience import deadline as deadlines
 from resilience import http, testing
-from resilience.exceptions import DeadlineExceededError, UpstreamTimeoutError
+from resilience.exceptions import (
+    DeadlineExceededError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
+)
 from resilience.http import WATCHDOG_MARGIN, ServiceClient
 
 CONNECT, READ = 0.5, 1.0
@@ -185,10 +189,11 @@ def test_a_name_lookup_that_hangs_ends_at_the_connect_timeout(settings, make_pol
     assert elapsed < CONNECT + WATCHDOG_MARGIN + SCHEDULING, elapsed
 
 
-def test_lookups_that_hang_are_capped_and_later_calls_fail_at_once(
+def test_lookups_that_hang_are_capped_and_a_later_call_waits_only_its_connect_timeout(
     settings, make_policy, monkeypatch
 ):
-    """A name server that never answers must not pile up a thread per call."""
+    """A name server that never answers must not pile up a thread per call: the 17th lookup
+    waits for a slot (a burst of quick lookups gets one soon), and gives up with the call."""
     release = threading.Event()
     monkeypatch.setattr(http, "resolve", lambda *args: release.wait(10.0) and [])
     make_policy(
@@ -203,10 +208,91 @@ def test_lookups_that_hang_are_capped_and_later_calls_fail_at_once(
         lookups = sum(1 for t in threading.enumerate() if t.name == "resilience-lookup")
         assert lookups == http.MAX_LOOKUPS_IN_FLIGHT
         elapsed, exc = timed_call("/ok")
-        assert exc is not None and elapsed < 0.05, (exc, elapsed)
+        assert exc is not None and elapsed < 0.05 + WATCHDOG_MARGIN + SCHEDULING, (exc, elapsed)
         assert "name lookups already waiting" in str(exc)
+        assert sum(1 for t in threading.enumerate() if t.name == "resilience-lookup") == lookups
     finally:
         release.set()
+
+
+def test_a_burst_of_quick_lookups_beyond_the_cap_all_connect(settings, make_policy, upstream):
+    """40 threads each open their first connection at once (after a hiccup every pooled
+    connection is gone), with a name that takes 50 ms to look up: all 40 get their answer."""
+    port = int(upstream.url.rsplit(":", 1)[1])
+    answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+    original = http.resolve
+    http.resolve = lambda *args: time.sleep(0.05) or answers
+    try:
+        make_policy(
+            # Room for a busy CI machine: the cap must not refuse, however slow the round.
+            TIMEOUT={"CONNECT": 3.0, "READ": READ},
+            DEADLINE=5.0,
+            RETRY={"MAX_ATTEMPTS": 1},
+            BULKHEAD={"MAX_CONCURRENT_CALLS": 40, "MAX_WAIT": 0.0},
+        )
+        settings.RESILIENCE_SERVICES = {
+            **settings.RESILIENCE_SERVICES,
+            "upstream": f"http://burst.test:{port}",
+        }
+        start = threading.Barrier(40)
+
+        def first_call():
+            start.wait()
+            return timed_call("/ok")[1]
+
+        threads = [threading.Thread(target=lambda: results.append(first_call())) for _ in range(40)]
+        results: list = []
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    finally:
+        http.resolve = original
+    assert results == [None] * 40, [str(r) for r in results if r]
+
+
+def test_an_address_whose_socket_cannot_be_made_is_skipped(settings, make_policy, upstream):
+    """An IPv6 answer on a host without IPv6 fails in ``socket()`` itself; the next address
+    must still be tried (simulated: a protocol the kernel refuses for a stream socket)."""
+    port = int(upstream.url.rsplit(":", 1)[1])
+    refused = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_UDP, "", ("127.0.0.1", port))
+    good = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))
+    original = http.resolve
+    http.resolve = lambda *args: [refused, good]
+    try:
+        make_policy(TIMEOUT={"CONNECT": CONNECT, "READ": READ}, RETRY={"MAX_ATTEMPTS": 1})
+        settings.RESILIENCE_SERVICES = {
+            **settings.RESILIENCE_SERVICES,
+            "upstream": f"http://two.test:{port}",
+        }
+        assert ServiceClient("upstream").get("/ok").json() == {"ok": True}
+    finally:
+        http.resolve = original
+
+
+@pytest.mark.parametrize(
+    "failure", [UnicodeError("label empty or too long"), RuntimeError("resolver broke")]
+)
+def test_a_resolver_that_fails_oddly_is_a_connection_error(
+    settings, make_policy, monkeypatch, failure
+):
+    def broken(*args):
+        raise failure
+
+    monkeypatch.setattr(http, "resolve", broken)
+    make_policy(TIMEOUT={"CONNECT": CONNECT, "READ": READ}, RETRY={"MAX_ATTEMPTS": 1})
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "upstream": "http://odd.test"}
+    with pytest.raises(UpstreamConnectionError):
+        ServiceClient("upstream").get("/ok")
+
+
+def test_a_request_body_the_server_never_reads_ends_as_a_timeout(settings, policy, silent_listener):
+    """Sending blocks once the server's buffers are full: the send had the connect timeout
+    (0.5 s) and ended as an 'aborted' connection error; it has the attempt's time left."""
+    settings.RESILIENCE_SERVICES = {**settings.RESILIENCE_SERVICES, "upstream": silent_listener}
+    start = time.monotonic()
+    with pytest.raises(UpstreamTimeoutError):
+        ServiceClient("upstream").put("/x", json={"blob": "x" * (32 * 1024 * 1024)})
+    elapsed = time.monotonic() - start
+    assert ATTEMPT - 0.1 < elapsed < ATTEMPT + WATCHDOG_MARGIN + SCHEDULING, elapsed
 
 
 def test_a_child_forked_mid_call_bounds_its_own_calls(settings, policy, upstream, monkeypatch):
