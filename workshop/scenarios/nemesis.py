@@ -33,6 +33,7 @@ The same seed gives the same choices in the same order (the moments depend on th
 
 import json
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -220,10 +221,20 @@ class Nemesis:
     # -- the worst moments -------------------------------------------------------------------------
 
     def _wait_for(self, predicate, timeout: float):
-        """The predicate's first true value within ``timeout`` (None: not, or halted)."""
+        """The predicate's first true value within ``timeout`` (None: not, or halted).
+
+        A SQLite database locked by a process paused inside a commit is "not yet": every writer
+        of that service waits for it too. (Raised, it ended a pause mid-task after the 5 s busy
+        timeout, short of an 8 s lease, and the pause was counted as past its lease.)"""
         end = time.monotonic() + timeout
         while time.monotonic() < end and not self._halt.is_set():
-            if value := predicate():
+            try:
+                value = predicate()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                value = None
+            if value:
                 return value
             time.sleep(0.05)
         return None
@@ -280,7 +291,6 @@ class Nemesis:
                 if pid is not None:
                     paused = (task, order, program, pid, time.monotonic())
                     self.pauses += 1
-                    self.worker_pauses_mid_task += 1
                     self._log(f"SIGSTOP {program} while it ran a task (pid {pid})")
             else:
                 self._log("(no task ran within 15 s: no worker was paused mid-task)")
@@ -291,16 +301,25 @@ class Nemesis:
             return
         task, order, program, pid, since = paused
         lease = lease_seconds(self.stack, "task worker")
+
+        def reaped_or_stuck():
+            try:
+                rows = self.stack.query(
+                    "orders", f"SELECT status FROM {table} WHERE id = ?", (task,)
+                )
+            except sqlite3.OperationalError as exc:
+                # SQLite, paused inside a commit: nobody can reap while it holds the lock, so
+                # the pause ends once it is past the lease.
+                if "locked" not in str(exc):
+                    raise
+                return "stuck" if time.monotonic() - since > lease + 1.0 else None
+            return rows[0][0] != "RUNNING"
+
         try:
-            reaped = self._wait_for(
-                lambda: (
-                    self.stack.query("orders", f"SELECT status FROM {table} WHERE id = ?", (task,))[
-                        0
-                    ][0]
-                    != "RUNNING"
-                ),
-                timeout=lease + 20.0,
-            )
+            reaped = self._wait_for(reaped_or_stuck, timeout=lease + 20.0)
+            if reaped == "stuck":
+                reaped = False
+                self._log(f"{program} holds the orders database's lock: nobody can reap")
             # Taken: a newer task of the same order is running or done (another pass).
             taken = reaped and self._wait_for(
                 lambda: any(
@@ -320,8 +339,10 @@ class Nemesis:
         finally:
             resumed = self.stack.resume(pid)
         took = time.monotonic() - since
-        if reaped:
-            self.worker_pauses_reaped += 1
+        if took >= lease:  # counted only past its lease (the end of the run may come first)
+            self.worker_pauses_mid_task += 1
+            if reaped:
+                self.worker_pauses_reaped += 1
         self._log(
             f"SIGCONT {program} after {took:.1f} s"
             + (" (gone meanwhile)" if not resumed else "")
