@@ -86,13 +86,6 @@ class Watchdog:
                 self._live.discard(token)
                 watch._sockets.clear()
 
-    @contextlib.contextmanager
-    def guard(self, sock: socket.socket, until: float) -> Iterator[Watch]:
-        """Shut ``sock`` down if the block is still running at ``until`` (a ``clock`` time)."""
-        with self.watch(until) as watch:
-            watch.attach(sock)
-            yield watch
-
     def _run(self) -> None:
         with self._cond:
             while True:
