@@ -21,7 +21,9 @@ DEFAULT_ALIAS = "default"
 # Values chosen for a dependency inside one data centre; every policy should tune its own.
 DEFAULTS: dict[str, Any] = {
     "ENABLED": True,
-    "TIMEOUT": {"CONNECT": 1.0, "READ": 5.0},
+    # No attempt starts with less than MINIMUM_TIME_LEFT of the deadline left: it could not
+    # finish, and its side effect would run for an answer nobody reads.
+    "TIMEOUT": {"CONNECT": 1.0, "READ": 5.0, "MINIMUM_TIME_LEFT": 0.05},
     "DEADLINE": 10.0,
     "RETRY": {
         "MAX_ATTEMPTS": 3,
@@ -57,6 +59,7 @@ BASELINE_TIMEOUT = 30.0
 class TimeoutConfig:
     connect: float
     read: float
+    minimum_time_left: float = 0.05
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +190,13 @@ def _check_values(name: str, cfg: dict) -> list[Problem]:
     connect_ok = positive("TIMEOUT.CONNECT", timeout["CONNECT"])
     read_ok = positive("TIMEOUT.READ", timeout["READ"])
     deadline_ok = positive("DEADLINE", cfg["DEADLINE"])
+    least_ok = positive("TIMEOUT.MINIMUM_TIME_LEFT", timeout["MINIMUM_TIME_LEFT"], allow_zero=True)
+    if least_ok and deadline_ok and timeout["MINIMUM_TIME_LEFT"] >= cfg["DEADLINE"]:
+        bad(
+            "TIMEOUT.MINIMUM_TIME_LEFT",
+            f"must be shorter than the DEADLINE ({cfg['DEADLINE']:g} s), got "
+            f"{timeout['MINIMUM_TIME_LEFT']!r}: no attempt could ever start.",
+        )
     wait_ok = positive("BULKHEAD.MAX_WAIT", bulkhead["MAX_WAIT"], allow_zero=True)
     if connect_ok and read_ok and deadline_ok and wait_ok:
         attempt = timeout["CONNECT"] + timeout["READ"]
@@ -408,7 +418,11 @@ def build_config(name: str, raw: dict | None = None) -> PolicyConfig:
     return PolicyConfig(
         name=name,
         enabled=cfg["ENABLED"],
-        timeout=TimeoutConfig(connect=float(timeout["CONNECT"]), read=float(timeout["READ"])),
+        timeout=TimeoutConfig(
+            connect=float(timeout["CONNECT"]),
+            read=float(timeout["READ"]),
+            minimum_time_left=float(timeout["MINIMUM_TIME_LEFT"]),
+        ),
         deadline=float(cfg["DEADLINE"]),
         retry=RetryConfig(
             max_attempts=retry["MAX_ATTEMPTS"],

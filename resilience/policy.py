@@ -67,6 +67,7 @@ class Policy:
         self._rng = rng or random.Random()
         self._enabled = config.enabled
         self._deadline = config.deadline
+        self._least = config.timeout.minimum_time_left
         self._retry_on = config.retry.retry_on_exceptions
 
     def __repr__(self) -> str:
@@ -195,10 +196,13 @@ class Policy:
         attempt = 1
         while True:
             began = clock.now()
-            if began >= expires:
+            if began >= expires or expires - began < self._least:
                 self._count_failure(attempt, metrics.TIMEOUT_DEADLINE)
                 raise DeadlineExceededError(
-                    f"{self.name}: deadline spent after {attempt - 1} attempt(s)", policy=self.name
+                    f"{self.name}: {max(0.0, expires - began) * 1000:.0f} ms of the deadline left "
+                    f"after {attempt - 1} attempt(s), less than TIMEOUT.MINIMUM_TIME_LEFT "
+                    f"({self._least * 1000:.0f} ms): no attempt started",
+                    policy=self.name,
                 )
             try:
                 permit = breaker.acquire()
@@ -270,8 +274,8 @@ class Policy:
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             delay = max(delay, retry_after)
-        if delay >= left:
-            return None  # the next attempt could not start before the deadline
+        if delay + self._least >= left:
+            return None  # the next attempt could not start with its minimum time left
         if not self.retry_budget.try_acquire():
             self.stats.add(metrics.RETRY_BUDGET_EXHAUSTED)
             return None

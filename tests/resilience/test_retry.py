@@ -101,7 +101,9 @@ def test_retry_after_beyond_the_deadline_ends_the_call(make_policy, upstream, re
 def test_retries_never_outlast_the_deadline(make_policy, upstream, resilience_test_mode):
     make_policy(
         DEADLINE=2.0,
-        TIMEOUT={"CONNECT": 0.5, "READ": 1.0},
+        # Each attempt starts with at least 0.3 s left (real time: enough to reach the upstream
+        # on a loaded machine), so every attempt made is one the upstream sees.
+        TIMEOUT={"CONNECT": 0.5, "READ": 1.0, "MINIMUM_TIME_LEFT": 0.3},
         RETRY={
             "MAX_ATTEMPTS": 100,
             "BACKOFF_INITIAL": 0.5,
@@ -114,8 +116,69 @@ def test_retries_never_outlast_the_deadline(make_policy, upstream, resilience_te
     with pytest.raises((UpstreamStatusError, DeadlineExceededError)):
         ServiceClient("upstream").get("/status/503")
     # Only the deadline can have stopped it: 100 attempts at <= 0.5 s backoff cannot fit in 2 s.
-    assert sum(resilience_test_mode.sleeps) < 2.0
+    assert sum(resilience_test_mode.sleeps) < 2.0 - 0.3
     assert upstream.count("/status") == len(resilience_test_mode.sleeps) + 1 < 100
+
+
+class Transient(Exception):
+    pass
+
+
+def _slow_failure(clock, seconds: float, calls: list):
+    def attempt():
+        calls.append(clock.now())
+        clock.advance(seconds)
+        raise Transient("failed")
+
+    return attempt
+
+
+def test_no_retry_starts_with_less_than_the_minimum_time_left(make_policy, resilience_test_mode):
+    """The review's case: attempts at 0.0 s and 0.991 s under a 1.0 s deadline."""
+    clock = resilience_test_mode
+    policy = make_policy(
+        DEADLINE=1.0,
+        TIMEOUT={"CONNECT": 0.3, "READ": 0.6},
+        RETRY={
+            "MAX_ATTEMPTS": 3,
+            "BACKOFF_INITIAL": 0.001,
+            "BACKOFF_MAX": 0.001,
+            "RETRY_ON_EXCEPTIONS": [Transient],
+        },
+    )
+    calls = []
+    with pytest.raises(Transient):
+        policy.call(_slow_failure(clock, 0.96, calls))
+    assert len(calls) == 1  # 40 ms left after the first attempt: under the 50 ms minimum
+    assert clock.sleeps == []
+    # With time left past the minimum, the retry runs.
+    calls.clear()
+    with pytest.raises(DeadlineExceededError):
+        policy.call(_slow_failure(clock, 0.9, calls))
+    assert len(calls) == 2
+    assert calls[1] - calls[0] < 1.0 - 0.05
+
+
+def test_no_first_attempt_under_a_deadline_with_less_than_the_minimum_left(
+    make_policy, resilience_test_mode
+):
+    from resilience import deadline
+
+    policy = make_policy(DEADLINE=1.0, TIMEOUT={"CONNECT": 0.3, "READ": 0.6})
+    calls = []
+    with deadline.scope(0.03), pytest.raises(DeadlineExceededError, match="MINIMUM_TIME_LEFT"):
+        policy.call(lambda: calls.append(1))
+    assert calls == []
+    with deadline.scope(0.2):
+        policy.call(lambda: calls.append(1))
+    assert calls == [1]
+
+
+def test_the_minimum_time_left_must_be_shorter_than_the_deadline():
+    problems = conf.validate(
+        {"p": {"DEADLINE": 1.0, "TIMEOUT": {"CONNECT": 0.3, "READ": 0.5, "MINIMUM_TIME_LEFT": 1.0}}}
+    )
+    assert [p.path for p in problems] == ["p.TIMEOUT.MINIMUM_TIME_LEFT"]
 
 
 def test_no_retry_after_circuit_open_or_bulkhead_full(make_policy, upstream):
