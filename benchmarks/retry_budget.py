@@ -34,7 +34,7 @@ def child(storage: str, rate: float, seconds: float, namespace: str) -> None:
     django.setup()
     from resilience import conf
     from resilience.exceptions import ResilienceError
-    from resilience.policy import Policy
+    from resilience.pipeline import Policy
 
     raw = {"flaky": {"CIRCUIT_BREAKER": {"STORAGE": storage or None}}}
     policy = Policy(conf.build_config("flaky", raw), namespace=namespace)
@@ -53,7 +53,7 @@ def child(storage: str, rate: float, seconds: float, namespace: str) -> None:
         with lock:
             counts["calls"] += 1
         with contextlib.suppress(ConnectionError, ResilienceError):
-            policy.call(fail)
+            policy.call(fail, idempotent=True)
 
     # One call per interval, each in its own thread (a call may sleep in backoff).
     with ThreadPoolExecutor(max_workers=64) as pool:

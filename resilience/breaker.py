@@ -2,8 +2,9 @@
 
 - No lock is held while the guarded function runs, and a call through a closed breaker reads
   one tuple of this process's state: no lock, no I/O (also with Redis storage).
-- It trips on the failure rate and the slow-call rate over a count-based sliding window of
-  this process's calls, once ``MINIMUM_NUMBER_OF_CALLS`` are recorded.
+- It trips on the failure rate and the slow-call rate over a sliding window of this process's
+  calls, the last ``SLIDING_WINDOW_SIZE`` calls (``COUNT_BASED``) or the calls of the last
+  ``SLIDING_WINDOW_SIZE`` seconds (``TIME_BASED``), once ``MINIMUM_NUMBER_OF_CALLS`` are recorded.
 - After ``WAIT_DURATION_IN_OPEN_STATE`` it admits exactly ``PERMITTED_CALLS_IN_HALF_OPEN_STATE``
   trial calls, across processes when the storage is Redis, and decides on their rates.
 - Ignored outcomes (4xx answers, ``BusinessError``, ``IGNORE_EXCEPTIONS``, an attempt cut short
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 from resilience import metrics
 from resilience.clock import Clock
 from resilience.clock import clock as default_clock
-from resilience.conf import BreakerConfig
+from resilience.conf import TIME_BASED, BreakerConfig
 from resilience.exceptions import (
     BusinessError,
     CircuitOpenError,
@@ -115,6 +116,82 @@ class SlidingWindow:
             self._failures = self._slow = 0
 
 
+class TimeSlidingWindow:
+    """The outcomes of the last ``size`` seconds of one generation, in one bucket per second
+    (resilience4j's time-based window): a bucket is emptied when its second comes round again."""
+
+    def __init__(self, size: int, clock: Clock) -> None:
+        self._size = size
+        self._clock = clock
+        self._seconds = [-1] * size
+        self._calls = [0] * size
+        self._failed = [0] * size
+        self._slow = [0] * size
+        self._totals = [0, 0, 0]  # calls, failures, slow calls in the window
+        self._head = -1  # the latest second recorded
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    def _advance(self, second: int) -> None:
+        """Empty the buckets of the seconds that left the window by ``second``; under the lock."""
+        if second <= self._head:
+            return
+        totals = self._totals
+        for each in range(max(self._head + 1, second - self._size + 1), second + 1):
+            i = each % self._size
+            if self._seconds[i] != -1:
+                totals[0] -= self._calls[i]
+                totals[1] -= self._failed[i]
+                totals[2] -= self._slow[i]
+            self._seconds[i] = each
+            self._calls[i] = self._failed[i] = self._slow[i] = 0
+        self._head = second
+
+    def record(self, generation: int, failed: bool, slow: bool) -> tuple[int, float, float] | None:
+        """Add an outcome now: (calls in the window, failure %, slow %), or ``None`` if the window
+        has moved on to a later generation. A new generation starts it empty."""
+        second = int(self._clock.now())
+        with self._lock:
+            if generation != self._generation:
+                if generation < self._generation:
+                    return None
+                self._generation = generation
+                self._clear()
+            self._advance(second)
+            i = second % self._size
+            self._calls[i] += 1
+            self._failed[i] += failed
+            self._slow[i] += slow
+            totals = self._totals
+            totals[0] += 1
+            totals[1] += failed
+            totals[2] += slow
+            n = totals[0]
+            return n, 100.0 * totals[1] / n, 100.0 * totals[2] / n
+
+    def rates(self, generation: int) -> tuple[int, float, float]:
+        with self._lock:
+            if generation != self._generation:
+                return 0, 0.0, 0.0
+            self._advance(int(self._clock.now()))
+            n, failures, slow = self._totals
+            if not n:
+                return 0, 0.0, 0.0
+            return n, 100.0 * failures / n, 100.0 * slow / n
+
+    def _clear(self) -> None:
+        self._seconds = [-1] * self._size
+        self._calls = [0] * self._size
+        self._failed = [0] * self._size
+        self._slow = [0] * self._size
+        self._totals = [0, 0, 0]
+        self._head = -1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clear()
+
+
 class CircuitBreaker:
     def __init__(
         self,
@@ -128,11 +205,15 @@ class CircuitBreaker:
         self.name = name
         self.config = config
         self.clock = clock
-        self.window = SlidingWindow(config.sliding_window_size)
+        self.window = (
+            TimeSlidingWindow(config.sliding_window_size, clock)
+            if config.sliding_window_type == TIME_BASED
+            else SlidingWindow(config.sliding_window_size)
+        )
         self._listeners: list[Callable[[CircuitBreaker, str, str], None]] = []
         self.stats = metrics.stats_for(name)
         self.stats.breaker = self
-        metrics.set_state(name, CLOSED)
+        metrics.set_state(name, CLOSED, changed=False)
         self.state = build_state(
             config.storage,
             key=f"{namespace}:{name}:breaker",
@@ -223,8 +304,9 @@ class CircuitBreaker:
         """Stop sharing state (Redis storage): for a breaker that is thrown away."""
         self.state.close()
 
-    def after_fork(self, lock) -> None:
-        """In a child process: locks of its own (the view and the window carry over)."""
+    def after_fork(self) -> None:
+        """In a child process: locks of its own (the view and the window carry over); the
+        breaker shares no lock with its ``Stats``."""
         self.window._lock = threading.Lock()
         self.state.lock = threading.Lock()
 

@@ -1,9 +1,7 @@
 """Bulkhead: at most N calls in flight through a policy in this process."""
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 
 from resilience import metrics
 from resilience.exceptions import BulkheadFullError
@@ -72,22 +70,6 @@ class Bulkhead:
         self.in_flight -= 1
         if self._waiting:
             self._freed.notify()
-
-    def leave(self) -> None:
-        with self.lock:
-            self.left_locked()
-
-    @contextlib.contextmanager
-    def acquire(self, max_wait: float | None = None) -> Iterator[None]:
-        """Hold one slot for the block; ``BulkheadFullError`` after ``max_wait`` if none frees up."""
-        if not self.enter(self.max_wait if max_wait is None else max_wait):
-            self.stats.add(metrics.BULKHEAD_REJECTED)
-            raise self.full()
-        self.stats.add(metrics.BULKHEAD_PERMITTED)
-        try:
-            yield
-        finally:
-            self.leave()
 
     def full(self) -> BulkheadFullError:
         return BulkheadFullError(

@@ -8,6 +8,7 @@ setting path that caused it; ``manage.py check`` reports them (``resilience.chec
 
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -35,9 +36,11 @@ DEFAULTS: dict[str, Any] = {
         "BUDGET_MIN_RETRIES_PER_SECOND": 1.0,
         "BUDGET_WINDOW": 10.0,
         "RETRY_ON_EXCEPTIONS": [],
+        "RETRY_ON_RESULT": None,
     },
     "CIRCUIT_BREAKER": {
         "FAILURE_RATE_THRESHOLD": 50,
+        "SLIDING_WINDOW_TYPE": "COUNT_BASED",
         "SLIDING_WINDOW_SIZE": 10,
         "MINIMUM_NUMBER_OF_CALLS": 5,
         "SLOW_CALL_DURATION": 5.0,
@@ -46,9 +49,18 @@ DEFAULTS: dict[str, Any] = {
         "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 3,
         "STORAGE": None,
         "IGNORE_EXCEPTIONS": [],
+        "RECORD_FAILURE_ON_RESULT": None,
     },
     "BULKHEAD": {"MAX_CONCURRENT_CALLS": 10, "MAX_WAIT": 0.0},
+    # None: no rate limiter. Else at most LIMIT_FOR_PERIOD attempts per LIMIT_REFRESH_PERIOD
+    # seconds in this process; an attempt waits up to TIMEOUT_DURATION for a permit.
+    "RATE_LIMITER": {
+        "LIMIT_FOR_PERIOD": None,
+        "LIMIT_REFRESH_PERIOD": 1.0,
+        "TIMEOUT_DURATION": 0.0,
+    },
 }
+COUNT_BASED, TIME_BASED = "COUNT_BASED", "TIME_BASED"
 SECTIONS = tuple(key for key, value in DEFAULTS.items() if isinstance(value, dict))
 
 # The naive baseline: what a plain ``requests`` call with a generous timeout does.
@@ -73,12 +85,13 @@ class RetryConfig:
     budget_min_retries_per_second: float
     budget_window: float
     retry_on_exceptions: tuple[type[BaseException], ...] = ()
+    retry_on_result: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class BreakerConfig:
     failure_rate_threshold: float
-    sliding_window_size: int
+    sliding_window_size: int  # calls (COUNT_BASED) or seconds (TIME_BASED)
     minimum_number_of_calls: int
     slow_call_duration: float
     slow_call_rate_threshold: float
@@ -86,12 +99,21 @@ class BreakerConfig:
     permitted_calls_in_half_open_state: int
     storage: str | None
     ignore_exceptions: tuple[type[BaseException], ...]
+    sliding_window_type: str = COUNT_BASED
+    record_failure_on_result: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class BulkheadConfig:
     max_concurrent_calls: int
     max_wait: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimiterConfig:
+    limit_for_period: int
+    limit_refresh_period: float
+    timeout_duration: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +125,7 @@ class PolicyConfig:
     retry: RetryConfig
     circuit_breaker: BreakerConfig
     bulkhead: BulkheadConfig
+    rate_limiter: RateLimiterConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +290,7 @@ def _check_values(name: str, cfg: dict) -> list[Problem]:
     if (
         window_ok
         and minimum_ok
+        and breaker["SLIDING_WINDOW_TYPE"] != TIME_BASED  # a window of seconds holds any number
         and breaker["SLIDING_WINDOW_SIZE"] < breaker["MINIMUM_NUMBER_OF_CALLS"]
     ):
         bad(
@@ -292,6 +316,28 @@ def _check_values(name: str, cfg: dict) -> list[Problem]:
             f"must be None or a redis:// URL, got {storage!r}.",
             "resilience.E006",
         )
+    window_type = breaker["SLIDING_WINDOW_TYPE"]
+    if window_type not in (COUNT_BASED, TIME_BASED):
+        bad(
+            "CIRCUIT_BREAKER.SLIDING_WINDOW_TYPE",
+            f"must be {COUNT_BASED!r} (the last SLIDING_WINDOW_SIZE calls) or {TIME_BASED!r} "
+            f"(the calls of the last SLIDING_WINDOW_SIZE seconds), got {window_type!r}.",
+        )
+    for path, value in (
+        ("RETRY.RETRY_ON_RESULT", retry["RETRY_ON_RESULT"]),
+        ("CIRCUIT_BREAKER.RECORD_FAILURE_ON_RESULT", breaker["RECORD_FAILURE_ON_RESULT"]),
+    ):
+        if value is not None:
+            try:
+                _predicate(value)
+            except (ImportError, TypeError, ValueError) as exc:
+                bad(path, f"cannot use {value!r}: {exc}")
+    limiter = cfg["RATE_LIMITER"]
+    limit = limiter["LIMIT_FOR_PERIOD"]
+    if limit is not None:
+        positive("RATE_LIMITER.LIMIT_FOR_PERIOD", limit, integer=True)
+    positive("RATE_LIMITER.LIMIT_REFRESH_PERIOD", limiter["LIMIT_REFRESH_PERIOD"])
+    positive("RATE_LIMITER.TIMEOUT_DURATION", limiter["TIMEOUT_DURATION"], allow_zero=True)
     for path, items in (
         ("CIRCUIT_BREAKER.IGNORE_EXCEPTIONS", breaker["IGNORE_EXCEPTIONS"]),
         ("RETRY.RETRY_ON_EXCEPTIONS", retry["RETRY_ON_EXCEPTIONS"]),
@@ -307,6 +353,16 @@ def _check_values(name: str, cfg: dict) -> list[Problem]:
 
     positive("BULKHEAD.MAX_CONCURRENT_CALLS", bulkhead["MAX_CONCURRENT_CALLS"], integer=True)
     return problems
+
+
+def _predicate(item) -> Callable[[Any], bool]:
+    """A dotted path to a function of one argument (the attempt's result), or the function."""
+    from django.utils.module_loading import import_string
+
+    fn = import_string(item) if isinstance(item, str) else item
+    if not callable(fn):
+        raise TypeError(f"{item!r} is not callable.")
+    return fn
 
 
 def _exception_class(item) -> type[BaseException]:
@@ -414,7 +470,7 @@ def build_config(name: str, raw: dict | None = None) -> PolicyConfig:
         raise ImproperlyConfigured("; ".join(str(p) for p in problems))
     cfg = merged(raw, name)
     timeout, retry = cfg["TIMEOUT"], cfg["RETRY"]
-    breaker, bulkhead = cfg["CIRCUIT_BREAKER"], cfg["BULKHEAD"]
+    breaker, bulkhead, limiter = cfg["CIRCUIT_BREAKER"], cfg["BULKHEAD"], cfg["RATE_LIMITER"]
     return PolicyConfig(
         name=name,
         enabled=cfg["ENABLED"],
@@ -434,6 +490,7 @@ def build_config(name: str, raw: dict | None = None) -> PolicyConfig:
             budget_min_retries_per_second=float(retry["BUDGET_MIN_RETRIES_PER_SECOND"]),
             budget_window=float(retry["BUDGET_WINDOW"]),
             retry_on_exceptions=tuple(_exception_class(i) for i in retry["RETRY_ON_EXCEPTIONS"]),
+            retry_on_result=_maybe(_predicate, retry["RETRY_ON_RESULT"]),
         ),
         circuit_breaker=BreakerConfig(
             failure_rate_threshold=float(breaker["FAILURE_RATE_THRESHOLD"]),
@@ -445,9 +502,22 @@ def build_config(name: str, raw: dict | None = None) -> PolicyConfig:
             permitted_calls_in_half_open_state=breaker["PERMITTED_CALLS_IN_HALF_OPEN_STATE"],
             storage=breaker["STORAGE"],
             ignore_exceptions=tuple(_exception_class(i) for i in breaker["IGNORE_EXCEPTIONS"]),
+            sliding_window_type=breaker["SLIDING_WINDOW_TYPE"],
+            record_failure_on_result=_maybe(_predicate, breaker["RECORD_FAILURE_ON_RESULT"]),
         ),
         bulkhead=BulkheadConfig(
             max_concurrent_calls=bulkhead["MAX_CONCURRENT_CALLS"],
             max_wait=float(bulkhead["MAX_WAIT"]),
         ),
+        rate_limiter=None
+        if limiter["LIMIT_FOR_PERIOD"] is None
+        else RateLimiterConfig(
+            limit_for_period=limiter["LIMIT_FOR_PERIOD"],
+            limit_refresh_period=float(limiter["LIMIT_REFRESH_PERIOD"]),
+            timeout_duration=float(limiter["TIMEOUT_DURATION"]),
+        ),
     )
+
+
+def _maybe(build, value):
+    return None if value is None else build(value)

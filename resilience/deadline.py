@@ -51,9 +51,6 @@ class Deadline:
             )
         return left
 
-    def header_value(self) -> str:
-        return str(max(0, int(self.remaining() * 1000)))
-
 
 def current() -> Deadline | None:
     """The deadline in force here, or ``None``."""

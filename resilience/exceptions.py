@@ -23,6 +23,10 @@ class BulkheadFullError(ResilienceError):
     """Every concurrent-call slot of the bulkhead is taken: the call was not made."""
 
 
+class RateLimitedError(ResilienceError):
+    """The rate limiter had no permit within its timeout: the call was not made."""
+
+
 class DeadlineExceededError(ResilienceError):
     """The call's deadline passed before it could complete."""
 

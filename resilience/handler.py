@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from resilience import conf
 from resilience.clock import clock
-from resilience.policy import Policy
+from resilience.pipeline import Policy
 
 
 class InvalidPolicyError(ImproperlyConfigured):

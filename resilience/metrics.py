@@ -22,14 +22,17 @@ from collections import Counter as Tally
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from resilience import exceptions
+
 FLUSH_INTERVAL = 1.0
 STATES = ("closed", "open", "half-open")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 6.0, 10.0, 30.0)
 
 breaker_state = Gauge(
     "resilience_circuitbreaker_state",
-    "1 for the circuit breaker's state, 0 for the others: with Redis storage the shared state, "
-    "with memory storage the state of the worker process that changed most recently.",
+    "1 for the state the circuit breaker last moved to in any live worker process, 0 for the "
+    "others: with Redis storage the shared state, with memory storage the latest transition. "
+    "Building a policy is not a transition: absent until the first one.",
     ["name", "state"],
     multiprocess_mode="livemostrecent",
 )
@@ -107,6 +110,18 @@ fallback_calls = Counter(
     "Calls answered by their fallback, by the exception that ended the call.",
     ["name", "reason"],
 )
+ratelimiter_calls = Counter(
+    "resilience_ratelimiter_calls",
+    "Attempts by rate limiter outcome: permitted (at once or after a wait), rejected.",
+    ["name", "kind"],
+)
+ratelimiter_available = Gauge(
+    "resilience_ratelimiter_available_permissions",
+    "Permits left in the rate limiter's current cycle, summed over live worker processes "
+    "(negative: reserved ahead by waiting callers).",
+    ["name"],
+    multiprocess_mode="livesum",
+)
 call_duration = Histogram(
     "resilience_call_duration_seconds",
     "Duration of whole policy calls (bulkhead to fallback), by outcome.",
@@ -122,9 +137,10 @@ policy_setting = Gauge(
     ["name", "setting"],
     multiprocess_mode="livemax",
 )
-storage_available = Gauge(
-    "resilience_storage_available",
-    "1 while the Redis that holds shared breaker state answers this process, else 0.",
+storage_up = Gauge(
+    "resilience_storage_up",
+    "1 while the Redis that holds shared breaker state answers this process within "
+    "RESILIENCE_REDIS['SOCKET_TIMEOUT'], else 0 (also when it never has: from the start).",
     ["storage"],
     multiprocess_mode="livemin",
 )
@@ -155,7 +171,9 @@ storage_events = Counter(
     RETRY_BUDGET_EXHAUSTED,
     TIMEOUT_ATTEMPT,
     TIMEOUT_DEADLINE,
-) = range(16)
+    RATE_LIMITER_PERMITTED,
+    RATE_LIMITER_REJECTED,
+) = range(18)
 _SLOTS = (
     (bulkhead_calls, ("permitted",)),
     (bulkhead_calls, ("rejected",)),
@@ -173,6 +191,8 @@ _SLOTS = (
     (retry_budget_exhausted, ()),
     (timeouts, ("attempt",)),
     (timeouts, ("deadline",)),
+    (ratelimiter_calls, ("permitted",)),
+    (ratelimiter_calls, ("rejected",)),
 )
 # Indexes of Stats.durations, by the outcome label of call_duration.
 OUTCOMES = ("success", "failure", "fallback", "ignored")
@@ -195,11 +215,12 @@ class Stats:
         self.durations = [[0] * len(_BOUNDS) for _ in OUTCOMES]
         self.duration_sums = [0.0] * len(OUTCOMES)
         self.fallbacks: Tally = Tally()
-        # What the lock guards besides the counts, and what each flush samples; each has an
-        # after_fork(lock) for a child process.
+        # What each flush samples. The bulkhead and the budget are guarded by ``lock`` too, and
+        # take the child's new one in after_fork(lock); the breaker has locks of its own.
         self.bulkhead = None  # .max_concurrent_calls, .in_flight
         self.breaker = None  # .gauge_values() -> (failure rate, slow-call rate)
         self.budget = None  # the retry budget of the policy
+        self.rate_limiter = None  # .available
 
     bucket = staticmethod(lambda seconds: bisect.bisect_left(_BOUNDS, seconds))
 
@@ -216,9 +237,11 @@ class Stats:
     def after_fork(self) -> None:
         self.lock = threading.Lock()
         self.take()
-        for part in (self.bulkhead, self.breaker, self.budget):
+        for part in (self.bulkhead, self.budget, self.rate_limiter):
             if part is not None:
                 part.after_fork(self.lock)
+        if self.breaker is not None:
+            self.breaker.after_fork()
 
     def take(self):
         """Everything counted since the last take, and zero again."""
@@ -250,6 +273,8 @@ class Stats:
         if self.bulkhead is not None:
             bulkhead = self.bulkhead
             bulkhead_available.labels(name).set(bulkhead.max_concurrent_calls - bulkhead.in_flight)
+        if self.rate_limiter is not None:
+            ratelimiter_available.labels(name).set(self.rate_limiter.available)
         if self.breaker is not None:
             failure_rate, slow_rate = self.breaker.gauge_values()
             breaker_failure_rate.labels(name).set(failure_rate)
@@ -323,26 +348,45 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def set_state(name: str, state: str) -> None:
-    """The breaker's state, for both state gauges (called on changes only, not per call)."""
+def set_state(name: str, state: str, *, changed: bool = True) -> None:
+    """The breaker's state, for the state gauges (called on changes only, not per call).
+
+    ``changed=False`` (a breaker just built): this process's gauge only. The merged gauge
+    shows the latest transition; a worker that merely starts must not hide another's open
+    breaker behind its own "closed".
+    """
     for each in STATES:
         value = 1 if each == state else 0
-        breaker_state.labels(name, each).set(value)
+        if changed:
+            breaker_state.labels(name, each).set(value)
         breaker_process_state.labels(name, each).set(value)
 
 
+# The labels of fallback_calls{reason}, most specific first: a fixed set, whatever plain code
+# raises, so that the label cannot grow without bound.
+_REASONS = (
+    (exceptions.CircuitOpenError, "circuit_open"),
+    (exceptions.BulkheadFullError, "bulkhead_full"),
+    (exceptions.RateLimitedError, "rate_limited"),
+    (exceptions.DeadlineExceededError, "deadline_exceeded"),
+    (exceptions.UpstreamTimeoutError, "upstream_timeout"),
+    (exceptions.UpstreamConnectionError, "upstream_connection"),
+    (exceptions.UpstreamStatusError, "upstream_status"),
+    (exceptions.UpstreamError, "upstream"),
+    (TimeoutError, "timeout"),
+    (ConnectionError, "connection"),
+    (OSError, "io"),
+)
+REASONS = (*(label for _, label in _REASONS), "other")
+
+
 def reason(exc: BaseException) -> str:
-    """A short label for the exception that ended a call: ``CircuitOpenError`` -> ``circuit_open``."""
-    label = type(exc).__name__
-    for suffix in ("Error", "Exception"):
-        if label.endswith(suffix) and label != suffix:
-            label = label[: -len(suffix)]
-    out = []
-    for i, ch in enumerate(label):
-        if ch.isupper() and i and not label[i - 1].isupper():
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
+    """The label of the exception that ended a call, one of ``REASONS``: a fixed set, whatever
+    plain code raises (``CircuitOpenError`` -> ``circuit_open``, ``KeyError`` -> ``other``)."""
+    for cls, label in _REASONS:
+        if isinstance(exc, cls):
+            return label
+    return "other"
 
 
 def describe_policy(config) -> None:

@@ -119,11 +119,7 @@ class RetryBudget:
 
     def record_call_locked(self, second: int) -> None:
         """Count a call made in ``second`` (of the budget's clock); the caller holds the lock."""
-        i = second % self._n
-        if self._seconds[i] != second:
-            self._seconds[i] = second
-            self._calls[i] = self._retries[i] = 0
-        self._calls[i] += 1
+        self._calls[self._bucket(second)] += 1
 
     def _in_window(self, second: int) -> tuple[int, int]:
         oldest = second - self._n

@@ -17,6 +17,12 @@ path and never a single point of failure:
   evicted, failed over to a stale replica) is *re-seeded* from that process's state, never
   obeyed. Permits carry this process's own *generation* (bumped on every change of its view),
   so a late outcome can never land in a later state period, whatever Redis forgot.
+- **Incarnations.** Epochs count within one life of the breaker's hash in Redis. A hash that
+  is created (the first time, or after Redis lost it) gets a new *incarnation* id, stored
+  beside the epoch and sent with every change. A process that sees another incarnation than
+  the one it knows adopts that state whatever its epoch, and compare-and-sets match the
+  incarnation as well as the epoch: after a flush, a fresh process's change at epoch 1 is
+  never taken for the epoch 1 another process applied before the flush.
 - **A breaker around Redis itself** (``RedisLink``): short socket timeouts and no client-side
   retries. The first Redis command that fails marks the link down; until the link's own
   thread reaches Redis again (every ``PROBE_INTERVAL``) no call waits on Redis at all, and
@@ -60,6 +66,28 @@ _CANONICAL = {name: name for name in (*STATES, *MODES)}
 OnChange = Callable[[str, str], None]
 
 
+class Round:
+    """One half-open round of trial calls, as this process counts it."""
+
+    __slots__ = ("done", "failed", "refused_at", "slow", "started")
+
+    def __init__(self) -> None:
+        self.started = 0  # permits out (memory storage; with Redis, Redis counts them)
+        self.done = 0
+        self.failed = 0
+        self.slow = 0
+        # Redis storage: when Redis last refused a permit of this round (this process's clock),
+        # so that it is not asked again at every call; ``None`` while it may have one.
+        self.refused_at: float | None = None
+
+
+# With Redis storage, how long a refused trial permit is taken as refused before Redis is asked
+# again: a permit given back by another process (its trial's outcome was ignored) reaches
+# this process within this time, and a half-open breaker costs at most one round trip per
+# this time per process.
+TRIAL_RECHECK = 0.05
+
+
 class LocalState:
     """The state of one breaker in this process.
 
@@ -75,12 +103,7 @@ class LocalState:
         self.lock = threading.Lock()
         self.view: tuple[str, str, int] = (CLOSED, NORMAL, 1)
         self.since = clock.now()  # when the current state was entered (self.clock)
-        self._trials = [
-            0,
-            0,
-            0,
-            0,
-        ]  # started, done, failed, slow: this generation's half-open round
+        self.round = Round()  # this generation's half-open trial calls
         self.on_change = on_change or (lambda old, new: None)
 
     def describe(self) -> str:
@@ -94,7 +117,7 @@ class LocalState:
         generation += 1
         self.view = (state, mode, generation)
         self.since = since
-        self._trials = [0, 0, 0, 0]
+        self.round = Round()
         return generation, (old_state if old_state != state else None)
 
     def _local_transition(
@@ -143,15 +166,15 @@ class LocalState:
         with self.lock:
             if self.view[2] != generation or self.view[0] != HALF_OPEN:
                 return None
-            if self._trials[0] >= permitted:
+            if self.round.started >= permitted:
                 return None
-            self._trials[0] += 1
+            self.round.started += 1
             return 0
 
     def release_trial(self, generation: int, epoch: int) -> None:
         with self.lock:
-            if self.view[2] == generation and self._trials[0] > 0:
-                self._trials[0] -= 1
+            if self.view[2] == generation and self.round.started > 0:
+                self.round.started -= 1
 
     def record_trial(
         self, generation: int, epoch: int, failed: bool, slow: bool
@@ -160,11 +183,11 @@ class LocalState:
         with self.lock:
             if self.view[2] != generation or self.view[0] != HALF_OPEN:
                 return None
-            trials = self._trials
-            trials[1] += 1
-            trials[2] += failed
-            trials[3] += slow
-            return trials[1], trials[2], trials[3]
+            trials = self.round
+            trials.done += 1
+            trials.failed += failed
+            trials.slow += slow
+            return trials.done, trials.failed, trials.slow
 
     def sync(self) -> None:
         """Bring this process's view up to date with the shared state (nothing to do here)."""
@@ -176,84 +199,107 @@ class LocalState:
 # -- shared state ----------------------------------------------------------------------------------
 
 # Every script starts here. KEYS[1] is the breaker's hash; ARGV[1] the channel its changes are
-# published on; ARGV[2] the caller (its link's owner id); ARGV[3..6] the caller's view: the last
-# epoch it applied, its state, its mode, and how long ago (ms) it entered that state. A Redis
-# that lost what the caller knows (no epoch, or an older one) is re-seeded from the caller's
-# view before anything else happens. Every change records who made it ('by').
+# published on; ARGV[2] the caller (its link's owner id); ARGV[3..7] the caller's view: the last
+# epoch it applied, its state, its mode, how long ago (ms) it entered that state, and the
+# incarnation that epoch belongs to ('' if none yet). A hash that does not exist is created
+# with a new incarnation. A Redis that lost what the caller knows (no epoch, or an older one)
+# is re-seeded from the caller's view before anything else happens; the caller then agrees
+# with it. Every change records who made it ('by').
 _PRELUDE = """
 local key, channel, owner = KEYS[1], ARGV[1], ARGV[2]
-local caller_epoch = tonumber(ARGV[3])
+local caller_epoch, caller_inc = tonumber(ARGV[3]), ARGV[7]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local h = redis.call('HMGET', key, 'state', 'mode', 'epoch', 'since', 'by')
-local state, mode, epoch, since, by = h[1], h[2], tonumber(h[3]), tonumber(h[4]), h[5]
+local h = redis.call('HMGET', key, 'state', 'mode', 'epoch', 'since', 'by', 'inc', 'seeded')
+local state, mode, epoch, since, by, inc = h[1], h[2], tonumber(h[3]), tonumber(h[4]), h[5], h[6]
+local seeded = tonumber(h[7])
 local reseeded = 0
+if not inc then
+  inc = owner .. '@' .. now
+  if epoch ~= nil then redis.call('HSET', key, 'inc', inc) end
+end
 local function save(s, m, e, at)
   redis.call('HSET', key, 'state', s, 'mode', m, 'epoch', e, 'since', at, 'by', owner,
-             'started', 0, 'done', 0, 'failed', 0, 'slow', 0)
+             'inc', inc, 'started', 0, 'done', 0, 'failed', 0, 'slow', 0)
   state, mode, epoch, since, by = s, m, e, at, owner
-  redis.call('PUBLISH', channel, s .. '|' .. m .. '|' .. e .. '|' .. (now - at))
+  redis.call('PUBLISH', channel,
+             s .. '|' .. m .. '|' .. e .. '|' .. (now - at) .. '|' .. (seeded or -1) .. '|' .. inc)
+  -- The format of the versions before incarnations, on their channel: during a rolling deploy
+  -- they still hear of changes at once (and without incarnations, as before).
+  redis.call('PUBLISH', key .. ':changes', s .. '|' .. m .. '|' .. e .. '|' .. (now - at))
 end
-if epoch == nil or epoch < caller_epoch then
+-- A new life of the hash that has changed since it began (an operator's command, a trip) is
+-- newer than anything a caller from an older life knows, whatever the epochs say.
+local moved_on = inc ~= caller_inc and seeded ~= nil and epoch > seeded
+if epoch == nil or (epoch < caller_epoch and not moved_on) then
   -- A breaker seen for the first time is created; one a process knows more of was lost.
   if epoch ~= nil or caller_epoch > 0 then reseeded = 1 end
+  seeded = caller_epoch
+  redis.call('HSET', key, 'seeded', seeded)
   save(ARGV[4], ARGV[5], caller_epoch, now - tonumber(ARGV[6]))
 end
+-- The caller's epoch means something only in the incarnation it came from, or at the epoch
+-- this incarnation was seeded at, before any change in it: the state as of that epoch.
+local current = epoch == caller_epoch and (inc == caller_inc or epoch == seeded)
 local function reply(result, ...)
-  return {result, state, mode, epoch, now - since, reseeded, ...}
+  return {result, state, mode, epoch, now - since, reseeded, inc, seeded or -1, ...}
 end
 """
 
-# ARGV[7]: '1' if the caller changed its view while Redis was unreachable, '2' if an operator
+# ARGV[8]: '1' if the caller changed its view while Redis was unreachable, '2' if an operator
 # did. An operator's command wins over anything. A change of the caller's wins over the epoch
 # it started from, and over a later one that the caller itself wrote: a command of its own
 # that Redis ran late (Redis hung, the caller gave up on it, Redis resumed and ran it), or its
 # own push of an earlier change. Over anyone else's, it loses.
 _SYNC = """
-if ARGV[7] == '2' or (ARGV[7] == '1' and (epoch == caller_epoch or by == owner)) then
+if ARGV[8] == '2' or (ARGV[8] == '1' and (current or by == owner)) then
   save(ARGV[4], ARGV[5], math.max(epoch, caller_epoch) + 1, now - tonumber(ARGV[6]))
   return reply(1)
 end
 return reply(0)
 """
 
-# ARGV[7]: the expected state ('' for an operator's command), ARGV[8] the new state,
-# ARGV[9] the new mode, ARGV[10] the wait before half-open (ms).
+# ARGV[8]: the expected state ('' for an operator's command), ARGV[9] the new state,
+# ARGV[10] the new mode, ARGV[11] the wait before half-open (ms).
 _TRANSITION = """
-if ARGV[7] == '' then
-  if state == ARGV[8] and mode == ARGV[9] then return reply(0) end
+if ARGV[8] == '' then
+  if state == ARGV[9] and mode == ARGV[10] then return reply(0) end
 else
-  if epoch ~= caller_epoch or state ~= ARGV[7] or mode ~= 'normal' then return reply(0) end
-  if ARGV[8] == 'half-open' and now - since < tonumber(ARGV[10]) then return reply(0) end
+  if not current or state ~= ARGV[8] or mode ~= 'normal' then return reply(0) end
+  if ARGV[9] == 'half-open' and now - since < tonumber(ARGV[11]) then return reply(0) end
 end
-save(ARGV[8], ARGV[9], epoch + 1, now)
+save(ARGV[9], ARGV[10], epoch + 1, now)
 return reply(1)
 """
 
-# ARGV[7]: the permits of a round.
+# ARGV[8]: the permits of a round.
 _ACQUIRE_TRIAL = """
-if epoch ~= caller_epoch or state ~= 'half-open' or mode ~= 'normal' then return reply(0) end
-if redis.call('HINCRBY', key, 'started', 1) > tonumber(ARGV[7]) then
+if not current or state ~= 'half-open' or mode ~= 'normal' then return reply(0) end
+if redis.call('HINCRBY', key, 'started', 1) > tonumber(ARGV[8]) then
   redis.call('HINCRBY', key, 'started', -1)
   return reply(0)
 end
 return reply(1)
 """
 
-# ARGV[7]: the epoch the permit was given in.
+# ARGV[8]: the epoch the permit was given in (of the caller's incarnation).
 _RELEASE_TRIAL = """
-if epoch == tonumber(ARGV[7]) and tonumber(redis.call('HGET', key, 'started') or '0') > 0 then
+if epoch == tonumber(ARGV[8]) and inc == caller_inc
+    and tonumber(redis.call('HGET', key, 'started') or '0') > 0 then
   redis.call('HINCRBY', key, 'started', -1)
 end
 return reply(1)
 """
 
-# ARGV[7]: the permit's epoch; ARGV[8], ARGV[9]: 1 if the trial failed, was slow.
+# ARGV[8]: the permit's epoch (of the caller's incarnation); ARGV[9], ARGV[10]: 1 if the trial
+# failed, was slow.
 _RECORD_TRIAL = """
-if epoch ~= tonumber(ARGV[7]) or state ~= 'half-open' then return reply(-1) end
+if epoch ~= tonumber(ARGV[8]) or inc ~= caller_inc or state ~= 'half-open' then
+  return reply(-1)
+end
 local done = redis.call('HINCRBY', key, 'done', 1)
-local failed = redis.call('HINCRBY', key, 'failed', ARGV[8])
-local slow = redis.call('HINCRBY', key, 'slow', ARGV[9])
+local failed = redis.call('HINCRBY', key, 'failed', ARGV[9])
+local slow = redis.call('HINCRBY', key, 'slow', ARGV[10])
 return reply(done, failed, slow)
 """
 
@@ -313,13 +359,14 @@ class RedisLink:
             name: self.client.register_script(_PRELUDE + body) for name, body in SCRIPTS.items()
         }
         self.up = False  # until the link's thread has reached Redis
+        self.down_reported = False  # this spell of unreachability is logged and counted
         self.closed = False
         self.owner = _owner()  # who this process is, in the 'by' of the changes it makes
         self.states: list[SharedState] = []
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._wake = threading.Event()
-        metrics.storage_available.labels(self.label).set(0)
+        metrics.storage_up.labels(self.label).set(0)
 
     # -- called from any thread ------------------------------------------------------------------
 
@@ -351,19 +398,27 @@ class RedisLink:
         self._wake.set()
 
     def failed(self, operation: str, exc: BaseException) -> None:
-        """A Redis command failed: run on local state until the link's thread reaches Redis."""
+        """A Redis command failed: run on local state until the link's thread reaches Redis.
+
+        Said once per spell (an ERROR line, an ``unreachable`` event, the gauge at 0), also
+        when the link never came up at all: a Redis slower than ``SOCKET_TIMEOUT`` is one.
+        """
         with self._lock:
-            if not self.up:
+            was_up, self.up = self.up, False
+            if self.down_reported:
                 return
-            self.up = False
-        metrics.storage_available.labels(self.label).set(0)
+            self.down_reported = True
+        metrics.storage_up.labels(self.label).set(0)
         metrics.storage_events.labels(self.label, "unreachable").inc()
         logger.error(
-            "Redis at %s unreachable for circuit-breaker state (%s: %s): every breaker runs "
-            "on this process's own state until it answers again.",
+            "Redis at %s %s for circuit-breaker state (%s: %s): every breaker runs on this "
+            "process's own state until it answers within RESILIENCE_REDIS['SOCKET_TIMEOUT'] "
+            "(%g s).",
             self.label,
+            "unreachable" if was_up else "not reached",
             operation,
             exc,
+            self.options.socket_timeout,
         )
         self._wake.set()
 
@@ -371,6 +426,7 @@ class RedisLink:
         """In a child process: a new owner, fresh locks, and a thread of its own."""
         self.owner = _owner()
         self.up = False
+        self.down_reported = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pid = None
@@ -401,7 +457,8 @@ class RedisLink:
                     pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                     with self._lock:
                         self.up = True
-                    metrics.storage_available.labels(self.label).set(1)
+                        self.down_reported = False
+                    metrics.storage_up.labels(self.label).set(1)
                     metrics.storage_events.labels(self.label, "reachable").inc()
                     logger.warning(
                         "Redis at %s reachable for circuit-breaker state: sharing %d breaker(s).",
@@ -467,8 +524,12 @@ class SharedState(LocalState):
         super().__init__(clock, on_change)
         self.link = link
         self.key = key
-        self.channel = f"{key}:changes"
+        # ':v2': messages with the incarnation. ``{key}:changes`` has the older format, for
+        # processes of the versions before it (see _PRELUDE).
+        self.channel = f"{key}:changes:v2"
         self.epoch = 0  # the last shared epoch this process applied
+        self.incarnation = ""  # the life of the Redis hash that epoch belongs to
+        self._retired: set[str] = set()  # incarnations left behind: their news is stale
         # Changed here while Redis was unreachable: 1 by a call, 2 by an operator's command.
         self.dirty = 0
         link.register(self)
@@ -482,10 +543,11 @@ class SharedState(LocalState):
     # -- talking to Redis ---------------------------------------------------------------------------
 
     def _caller(self) -> list:
-        """ARGV[2..6]: this process, the epoch it applied, its state, mode, and ms in that state."""
+        """ARGV[2..7]: this process, the epoch it applied, its state, mode, ms in that state,
+        and the incarnation of that epoch."""
         state, mode, _ = self.view
         age = max(0, int((self.clock.now() - self.since) * 1000))
-        return [self.link.owner, self.epoch, state, mode, age]
+        return [self.link.owner, self.epoch, state, mode, age, self.incarnation]
 
     def _run(self, script: str, operation: str, extra: list, *, require_link: bool = True):
         """Run a script: its reply, or ``None`` if Redis is unreachable (the link is then down)."""
@@ -527,7 +589,7 @@ class SharedState(LocalState):
         ``generation``: the view the request was made from; if this process changed its view
         since (a local change while Redis was away), the answer is stale and not applied.
         """
-        _, state, mode, epoch, age_ms, reseeded = reply[:6]
+        _, state, mode, epoch, age_ms, reseeded, incarnation, seeded = reply[:8]
         state, mode, epoch = _CANONICAL[state.decode()], _CANONICAL[mode.decode()], int(epoch)
         if reseeded:
             metrics.storage_events.labels(self.link.label, "reseeded").inc()
@@ -539,17 +601,56 @@ class SharedState(LocalState):
                 state,
                 epoch,
             )
-        self._adopt(state, mode, epoch, int(age_ms) / 1000, generation)
+        life = (incarnation.decode(), int(seeded))
+        self._adopt(state, mode, epoch, int(age_ms) / 1000, generation, life, news=False)
 
     def apply_message(self, data: str) -> None:
-        state, mode, epoch, age_ms = data.split("|")
-        self._adopt(_CANONICAL[state], _CANONICAL[mode], int(epoch), int(age_ms) / 1000, None)
+        state, mode, epoch, age_ms, seeded, incarnation = data.split("|", 5)
+        self._adopt(
+            _CANONICAL[state],
+            _CANONICAL[mode],
+            int(epoch),
+            int(age_ms) / 1000,
+            None,
+            (incarnation, int(seeded)),
+            news=True,
+        )
 
-    def _adopt(self, state: str, mode: str, epoch: int, age: float, generation: int | None) -> None:
+    def _adopt(
+        self,
+        state: str,
+        mode: str,
+        epoch: int,
+        age: float,
+        generation: int | None,
+        life: tuple[str, int],
+        *,
+        news: bool,
+    ) -> None:
+        """``life``: the incarnation of the hash, and the epoch it was (re)seeded at (-1 if
+        unknown). ``news``: a published message, which may be read late; else a script's
+        answer, which is what Redis holds now."""
+        incarnation, seeded = life
         with self.lock:
             if generation is not None and self.view[2] != generation:
                 return  # this process changed its view since it asked: the answer is stale
-            if epoch <= self.epoch:
+            if incarnation != self.incarnation:
+                if news and incarnation in self._retired:
+                    return  # news from before Redis lost the hash, read late
+                # Redis's hash was made anew (or an older one came back, from a replica or a
+                # snapshot): its epochs do not compare with ours. Unless it has changed since
+                # it was seeded, though, it knows less than this process does if its epoch is
+                # behind: then this process's next script re-seeds it (see _PRELUDE).
+                moved_on = 0 <= seeded < epoch
+                if epoch < self.epoch and not moved_on:
+                    return
+                self._retired.discard(incarnation)
+                if self.incarnation:
+                    self._retired.add(self.incarnation)
+                self.incarnation = incarnation
+                if (state, mode) == self.view[:2] and epoch == self.epoch:
+                    return  # the same state period under another name (a reseed from ours)
+            elif epoch <= self.epoch:
                 return  # nothing newer than what this process already applied
             self.epoch = epoch
             self.dirty = 0
@@ -608,8 +709,9 @@ class SharedState(LocalState):
             with self.lock:
                 if self.view[2] != generation or self.view[0] != HALF_OPEN:
                     return None
-                if self._trials[0] >= permitted:  # this round's permits are known to be taken
-                    return None
+                refused_at = self.round.refused_at
+                if refused_at is not None and self.clock.now() - refused_at < TRIAL_RECHECK:
+                    return None  # Redis said just now that this round's permits are taken
                 epoch = self.epoch
             done = self._run("acquire_trial", "acquire_trial", [permitted])
             if done is not None:
@@ -618,25 +720,32 @@ class SharedState(LocalState):
                     return epoch
                 with self.lock:
                     if self.view[2] == generation:
-                        self._trials[0] = permitted  # no need to ask again this round
+                        self.round.refused_at = self.clock.now()
                 return None
         return super().acquire_trial(generation, permitted)
 
     def release_trial(self, generation: int, epoch: int) -> None:
+        if self.view[2] != generation:
+            return  # the round is over here, and so in Redis (its epoch has moved on)
         if epoch and self._run("release_trial", "release_trial", [epoch]) is not None:
+            with self.lock:
+                if self.view[2] == generation:
+                    self.round.refused_at = None  # a permit is free again: ask at once
             return
         super().release_trial(generation, epoch)
 
     def record_trial(
         self, generation: int, epoch: int, failed: bool, slow: bool
     ) -> tuple[int, int, int] | None:
+        if self.view[2] != generation:
+            return None  # the round is over here, and so in Redis
         if epoch and self.link.up:
             done = self._run("record_trial", "record_trial", [epoch, int(failed), int(slow)])
             if done is not None:
                 reply, _ = done
                 if reply[0] < 0:
                     return None
-                return int(reply[0]), int(reply[6]), int(reply[7])
+                return int(reply[0]), int(reply[8]), int(reply[9])
         return super().record_trial(generation, epoch, failed, slow)
 
 

@@ -15,7 +15,6 @@ import itertools
 import os
 import socket
 import threading
-from collections.abc import Iterator
 
 from resilience.clock import clock
 
@@ -23,13 +22,20 @@ from resilience.clock import clock
 class Watch:
     """One attempt's watch: the sockets attached to it are shut down at ``until``."""
 
-    __slots__ = ("_dog", "_sockets", "fired", "until")
+    __slots__ = ("_dog", "_sockets", "_token", "fired", "until")
 
     def __init__(self, dog: "Watchdog", until: float) -> None:
         self.until = until
         self.fired = False
         self._sockets: list[socket.socket] = []
         self._dog = dog
+        self._token = 0
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._dog._end(self)
 
     def attach(self, sock: socket.socket) -> None:
         """Cover ``sock`` too; shut it down at once if the time is already up."""
@@ -68,23 +74,24 @@ class Watchdog:
             self._pid = os.getpid()
             threading.Thread(target=self._run, name="resilience-watchdog", daemon=True).start()
 
-    @contextlib.contextmanager
-    def watch(self, until: float) -> Iterator[Watch]:
-        """A ``Watch`` for the block: what is attached to it is shut down at ``until``."""
+    def watch(self, until: float) -> Watch:
+        """A ``Watch``, for a ``with`` block: what is attached to it is shut down at ``until``.
+        (A class with ``__exit__`` rather than a generator: it is on every call's path.)"""
         watch = Watch(self, until)
         with self._cond:
-            self._ensure_thread()
-            token = next(self._ids)
+            if self._pid != os.getpid():
+                self._ensure_thread()
+            watch._token = token = next(self._ids)
             self._live.add(token)
             heapq.heappush(self._heap, (until, token, watch))
             if self._heap[0][1] == token:
                 self._cond.notify()
-        try:
-            yield watch
-        finally:
-            with self._cond:
-                self._live.discard(token)
-                watch._sockets.clear()
+        return watch
+
+    def _end(self, watch: Watch) -> None:
+        with self._cond:
+            self._live.discard(watch._token)
+            watch._sockets.clear()
 
     def _run(self) -> None:
         with self._cond:

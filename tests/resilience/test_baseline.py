@@ -12,12 +12,13 @@ from resilience.http import ServiceClient
 
 
 def test_baseline_makes_one_plain_attempt(make_policy, upstream):
-    policy = make_policy(ENABLED=False)
+    make_policy(ENABLED=False, TIMEOUT={"CONNECT": 0.1, "READ": 0.1})
     upstream.script([503])
     with pytest.raises(UpstreamStatusError):
         ServiceClient("upstream").get("/script")
     assert upstream.count("/script") == 1
-    assert policy.attempt_timeout() == (30.0, 30.0)
+    # The policy's 0.1 s READ is not applied: the baseline waits (up to 30 s).
+    assert ServiceClient("upstream").get("/delay/0.3").status_code == 200
 
 
 def test_baseline_has_no_breaker_no_bulkhead_and_no_deadline_header(make_policy, upstream):

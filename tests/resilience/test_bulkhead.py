@@ -48,10 +48,10 @@ def test_max_wait_lets_a_caller_wait_for_a_free_slot(make_policy):
     policy = make_policy(BULKHEAD={"MAX_CONCURRENT_CALLS": 1, "MAX_WAIT": 1.0})
     release = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        first = pool.submit(policy.call, release.wait, 5)
+        first = pool.submit(policy.call, release.wait, idempotent=True, args=(5,))
         wait_for(lambda: policy.bulkhead.available == 0)
         threading.Timer(0.1, release.set).start()
-        assert policy.call(lambda: "second") == "second"
+        assert policy.call(lambda: "second", idempotent=True) == "second"
         assert first.result() is True
 
 
@@ -59,11 +59,11 @@ def test_max_wait_ends_with_bulkhead_full(make_policy):
     policy = make_policy(BULKHEAD={"MAX_CONCURRENT_CALLS": 1, "MAX_WAIT": 0.1})
     release = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(policy.call, release.wait, 5)
+        pool.submit(policy.call, release.wait, idempotent=True, args=(5,))
         wait_for(lambda: policy.bulkhead.available == 0)
         start = time.monotonic()
         with pytest.raises(BulkheadFullError):
-            policy.call(lambda: "never")
+            policy.call(lambda: "never", idempotent=True)
         assert 0.09 <= time.monotonic() - start < 0.5
         release.set()
 
@@ -74,10 +74,10 @@ def test_the_wait_for_a_slot_never_outlasts_the_callers_deadline(make_policy):
     policy = make_policy(BULKHEAD={"MAX_CONCURRENT_CALLS": 1, "MAX_WAIT": 1.0})
     release = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(policy.call, release.wait, 5)
+        pool.submit(policy.call, release.wait, idempotent=True, args=(5,))
         wait_for(lambda: policy.bulkhead.available == 0)
         start = time.monotonic()
         with deadlines.scope(0.05), pytest.raises(BulkheadFullError):
-            policy.call(lambda: "never")
+            policy.call(lambda: "never", idempotent=True)
         assert time.monotonic() - start < 0.5
         release.set()

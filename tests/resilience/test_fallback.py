@@ -52,11 +52,11 @@ def test_a_business_error_never_falls_back(make_policy):
         raise BusinessError("declined")
 
     with pytest.raises(BusinessError):
-        policy.call(declined, fallback=lambda exc: "faked success")
+        policy.call(declined, fallback=lambda exc: "faked success", idempotent=True)
 
 
 def test_without_a_fallback_the_error_propagates(make_policy):
     policy = make_policy()
     policy.breaker.force_open()
     with pytest.raises(CircuitOpenError):
-        policy.call(lambda: "never")
+        policy.call(lambda: "never", idempotent=True)

@@ -411,7 +411,7 @@ def test_the_link_to_redis_is_logged_and_counted(redis_server, caplog):
         for event in ("unreachable", "reachable")
     }
     assert events == {"unreachable": 1, "reachable": 2}  # reachable at start, and again
-    assert testing.metric("resilience_storage_available", storage=label) == 1
+    assert testing.metric("resilience_storage_up", storage=label) == 1
     messages = [r.getMessage() for r in caplog.records]
     assert any("unreachable" in m for m in messages) and any("reachable" in m for m in messages)
 
@@ -577,3 +577,176 @@ def test_a_breaker_built_before_a_fork_shares_and_counts_in_the_child(redis_serv
     os.waitpid(pid, 0)
     report = json.loads(os.read(read, 10000))
     assert report == {"own_link_thread": True, "saw_the_parents_command": True, "unflushed": 0}
+
+
+# -- found in the review of issue 15: each of these failed before its fix ---------------------------
+
+
+def breaker_on(redis, options: LinkOptions, namespace="test", **cfg) -> CircuitBreaker:
+    """A breaker on a link with ``options`` of its own: another process, as Redis sees it."""
+    config = conf.build_config(
+        "payments", {"payments": {"CIRCUIT_BREAKER": {**cfg, "STORAGE": redis.url}}}
+    )
+    return CircuitBreaker(
+        "payments", config.circuit_breaker, namespace=namespace, storage_options=options
+    )
+
+
+def test_trial_permits_given_back_are_taken_again_at_once(redis_server):
+    """Trials whose outcomes were ignored (a 4xx, an attempt the caller's deadline cut short)
+    gave their permits back in Redis, but the process had noted the round as taken: the next
+    trial came only after the whole open wait again (with memory storage, at once)."""
+    cfg = {
+        "MINIMUM_NUMBER_OF_CALLS": 5,
+        "WAIT_DURATION_IN_OPEN_STATE": 1.0,
+        "PERMITTED_CALLS_IN_HALF_OPEN_STATE": 2,
+    }
+    here, there = make(redis_server, **cfg), other_process(redis_server, **cfg)
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            here.call(fail)
+    wait_for(lambda: there.current_state == "open", 1.0)
+    time.sleep(1.05)
+    permits = [here.acquire(), here.acquire()]
+    assert [kind for kind, _, _ in permits] == ["trial", "trial"]
+    with pytest.raises(CircuitOpenError):
+        here.acquire()
+    with pytest.raises(CircuitOpenError):
+        there.acquire()
+    given_back = time.monotonic()
+    for permit in permits:
+        here.record(permit, "ignored", 0.01)
+    again = here.acquire()  # in this process: at once
+    assert again[0] == "trial"
+    here.record(again, "ignored", 0.01)
+    wait_for(lambda: _took_trial(there), timeout=0.5)  # in another: within TRIAL_RECHECK
+    assert time.monotonic() - given_back < 0.5  # not after the open wait (1 s) again
+    assert here.current_state == "half-open"
+
+
+def _took_trial(breaker) -> bool:
+    try:
+        return breaker.acquire()[0] == "trial"
+    except CircuitOpenError:
+        return False
+
+
+def test_after_redis_loses_its_data_a_fresh_processs_change_is_not_taken_for_an_old_one(
+    redis_server,
+):
+    """A tripped the breaker (epoch 1, open); Redis was flushed; a fresh process disabled the
+    breaker, which wrote epoch 1 again. A ignored it as old news and stayed open for good."""
+    here = breaker_on(redis_server, LinkOptions(sync_interval=60.0), MINIMUM_NUMBER_OF_CALLS=5)
+    assert here.state.link.wait_up(5)
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            here.call(fail)
+    client = redis_server.client()
+    wait_for(lambda: client.hget("test:payments:breaker", "state") == b"open", 1.0)
+    client.flushall()
+    fresh = other_process(redis_server)  # creates the breaker's hash anew: closed, epoch 0
+    fresh.disable()  # epoch 1 of the new incarnation
+    assert client.hget("test:payments:breaker", "epoch") == str(here.state.epoch).encode()
+    wait_for(lambda: (here.current_state, here.mode) == ("closed", "disabled"), 2.0)
+    assert here.call(lambda: "ok") == "ok"
+    life = client.hget("test:payments:breaker", "inc").decode()
+    assert here.state.incarnation == fresh.state.incarnation == life
+
+
+def test_a_redis_that_never_answers_in_time_is_logged_counted_and_shown(redis_server, caplog):
+    """With a 60 ms round trip against the 50 ms socket timeout the link never came up, and
+    nothing said so: no log line, no event, and every breaker silently ran alone."""
+    label = f"127.0.0.1:{redis_server.port}/0"
+    redis_server.hang()  # accepts connections, answers nothing: slower than any timeout
+    try:
+        breaker = breaker_on(redis_server, LinkOptions(sync_interval=0.53), namespace="never")
+        event = {"storage": label, "event": "unreachable"}
+        wait_for(lambda: testing.metric("resilience_storage_events_total", **event) == 1, 3.0)
+        time.sleep(0.6)  # several probes more: said once per spell, not per probe
+        assert testing.metric("resilience_storage_events_total", **event) == 1
+        assert testing.metric("resilience_storage_up", storage=label) == 0
+        assert not breaker.state.link.up
+        errors = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelname == "ERROR" and r.name == "resilience.storage"
+        ]
+        assert len(errors) == 1 and "not reached" in errors[0] and "SOCKET_TIMEOUT" in errors[0]
+    finally:
+        redis_server.resume()
+    wait_for(lambda: breaker.state.link.up, 3.0)
+    assert testing.metric("resilience_storage_up", storage=label) == 1
+
+
+def test_an_operators_command_in_a_new_life_of_the_hash_is_not_undone_by_an_older_process(
+    redis_server,
+):
+    """Redis restarted empty; a worker started meanwhile created the hash anew (epoch 0) and
+    its operator forced it open (epoch 1). A process from before, at epoch 4, came back and
+    re-seeded Redis from its own view: 1 < 4. The command was lost everywhere."""
+    here = breaker_on(redis_server, LinkOptions(sync_interval=60.0, probe_interval=2.0))
+    assert here.state.link.wait_up(5)
+    for _ in range(2):
+        here.force_open()
+        here.reset()
+    assert here.state.epoch == 4
+    redis_server.restart_empty()
+    fresh = breaker_on(redis_server, LinkOptions(sync_interval=60.0, probe_interval=0.05))
+    assert fresh.state.link.wait_up(5)
+    fresh.force_open()
+    assert here.state.link.wait_up(5)  # the older process is back
+    wait_for(lambda: (here.current_state, here.mode) == ("open", "forced-open"), 1.0)
+    assert (fresh.current_state, fresh.mode) == ("open", "forced-open")
+    assert redis_server.client().hget("test:payments:breaker", "mode") == b"forced-open"
+
+
+def test_a_process_follows_an_older_life_of_the_hash_that_comes_back(redis_server):
+    """A moved from life X to life Y after a flush; then X came back (a lagging replica, a
+    snapshot). A dropped every answer from X as stale news and never opened again."""
+    here = breaker_on(redis_server, LinkOptions(sync_interval=60.0), MINIMUM_NUMBER_OF_CALLS=5)
+    assert here.state.link.wait_up(5)
+    here.force_open()
+    here.reset()
+    client = redis_server.client()
+    life_x = client.hgetall("test:payments:breaker")
+    client.flushall()
+    here.sync()
+    here.force_open()
+    here.reset()
+    assert here.state.incarnation != life_x[b"inc"].decode()
+    client.delete("test:payments:breaker")
+    client.hset("test:payments:breaker", mapping=life_x)
+    # It follows life X again (its view comes back as X's, so its window starts afresh),
+    # and failures there trip the breaker, as anywhere.
+    for _ in range(10):
+        with pytest.raises((ConnectionError, CircuitOpenError)):
+            here.call(fail)
+    assert here.current_state == "open"
+    assert here.state.incarnation == life_x[b"inc"].decode()
+    assert client.hget("test:payments:breaker", "state") == b"open"
+    assert other_process(redis_server).current_state == "open"
+
+
+def test_a_trial_that_finds_redis_flushed_still_counts(redis_server):
+    """The trial permit that re-seeded a flushed Redis came with the generation of before,
+    while the answer had started a new one: its outcome and its release were dropped, and the
+    breaker stayed half-open, refusing calls, for another open wait."""
+    breaker = make(
+        redis_server,
+        MINIMUM_NUMBER_OF_CALLS=5,
+        WAIT_DURATION_IN_OPEN_STATE=0.3,
+        PERMITTED_CALLS_IN_HALF_OPEN_STATE=1,
+    )
+    for _ in range(5):
+        with pytest.raises(ConnectionError):
+            breaker.call(fail)
+    time.sleep(0.35)
+    permit = breaker.acquire()
+    breaker.record(permit, "ignored", 0.01)
+    assert breaker.current_state == "half-open"
+    redis_server.client().flushall()
+    permit = breaker.acquire()  # re-seeds Redis from this process's half-open view
+    assert permit[1] == breaker.state.view[2]
+    breaker.record(permit, "success", 0.01)
+    assert breaker.current_state == "closed"
+    assert breaker.call(lambda: "ok") == "ok"

@@ -148,13 +148,13 @@ def test_no_retry_starts_with_less_than_the_minimum_time_left(make_policy, resil
     )
     calls = []
     with pytest.raises(Transient):
-        policy.call(_slow_failure(clock, 0.96, calls))
+        policy.call(_slow_failure(clock, 0.96, calls), idempotent=True)
     assert len(calls) == 1  # 40 ms left after the first attempt: under the 50 ms minimum
     assert clock.sleeps == []
     # With time left past the minimum, the retry runs.
     calls.clear()
     with pytest.raises(DeadlineExceededError):
-        policy.call(_slow_failure(clock, 0.9, calls))
+        policy.call(_slow_failure(clock, 0.9, calls), idempotent=True)
     assert len(calls) == 2
     assert calls[1] - calls[0] < 1.0 - 0.05
 
@@ -167,10 +167,10 @@ def test_no_first_attempt_under_a_deadline_with_less_than_the_minimum_left(
     policy = make_policy(DEADLINE=1.0, TIMEOUT={"CONNECT": 0.3, "READ": 0.6})
     calls = []
     with deadline.scope(0.03), pytest.raises(DeadlineExceededError, match="MINIMUM_TIME_LEFT"):
-        policy.call(lambda: calls.append(1))
+        policy.call(lambda: calls.append(1), idempotent=True)
     assert calls == []
     with deadline.scope(0.2):
-        policy.call(lambda: calls.append(1))
+        policy.call(lambda: calls.append(1), idempotent=True)
     assert calls == [1]
 
 
@@ -195,7 +195,7 @@ def test_no_retry_after_circuit_open_or_bulkhead_full(make_policy, upstream):
         raise BulkheadFullError("inner bulkhead full")
 
     with pytest.raises(BulkheadFullError):
-        policy.call(inner)
+        policy.call(inner, idempotent=True)
     assert calls == [1]
 
 

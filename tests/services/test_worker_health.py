@@ -33,7 +33,7 @@ from orders import worker_health
 worker_health.started()
 from resilience import metrics, policies
 policy = policies["payments"]
-policy.call(lambda: "charged")
+policy.call(lambda: "charged", idempotent=True)
 policy.breaker.force_open()
 metrics.flush()
 print("ready", flush=True)
@@ -229,7 +229,7 @@ def test_in_its_own_container_the_worker_serves_its_policies_on_its_own_metrics_
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     policy = policies["payments"]
-    policy.call(lambda: "charged")
+    policy.call(lambda: "charged", idempotent=True)
     policy.breaker.force_open()
     metrics.flush()
     [port] = free_ports(1)

@@ -1,4 +1,5 @@
-"""A named policy: bulkhead -> deadline -> retry -> circuit breaker -> the attempt, fallback around it.
+"""A named policy: bulkhead -> deadline -> retry -> circuit breaker -> rate limiter -> the attempt,
+fallback around it.
 
 The call path is written for speed as much as for reading: plain ``try``/``finally`` instead
 of context managers, one lock per call to free the bulkhead slot and count the outcome, and
@@ -9,12 +10,12 @@ import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from resilience import metrics
-from resilience.breaker import SUCCESS, CircuitBreaker
+from resilience import metrics, signals
+from resilience.breaker import FAILURE, SUCCESS, CircuitBreaker
 from resilience.bulkhead import Bulkhead
 from resilience.clock import Clock
 from resilience.clock import clock as default_clock
-from resilience.conf import BASELINE_TIMEOUT, PolicyConfig
+from resilience.conf import PolicyConfig
 from resilience.deadline import Deadline, _current
 from resilience.exceptions import (
     BusinessError,
@@ -22,6 +23,7 @@ from resilience.exceptions import (
     DeadlineExceededError,
     UpstreamTimeoutError,
 )
+from resilience.ratelimiter import RateLimiter
 from resilience.retry import RetryBudget, backoff, is_transient
 from resilience.storage import LinkOptions
 
@@ -30,6 +32,7 @@ T = TypeVar("T")
 _BULKHEAD_PERMITTED = metrics.BULKHEAD_PERMITTED
 _SUCCESS = metrics.SUCCESS
 _RETRY_OK = (metrics.RETRY_SUCCESSFUL_WITHOUT, metrics.RETRY_SUCCESSFUL_WITH)
+_RETRY_GAVE_UP = (metrics.RETRY_FAILED_WITHOUT, metrics.RETRY_FAILED_WITH)
 _bucket = metrics.Stats.bucket
 
 
@@ -64,11 +67,18 @@ class Policy:
             self.retry_budget.share_floor(
                 self.breaker.state.link, f"{namespace}:{config.name}:retry-floor"
             )
+        self.rate_limiter = (
+            None
+            if config.rate_limiter is None
+            else RateLimiter(config.name, config.rate_limiter, clock=clock, lock=self.stats.lock)
+        )
         self._rng = rng or random.Random()
         self._enabled = config.enabled
         self._deadline = config.deadline
         self._least = config.timeout.minimum_time_left
         self._retry_on = config.retry.retry_on_exceptions
+        self._retry_on_result = config.retry.retry_on_result
+        self._record_on_result = config.circuit_breaker.record_failure_on_result
 
     def __repr__(self) -> str:
         return f"<Policy {self.name!r} enabled={self.config.enabled}>"
@@ -77,31 +87,23 @@ class Policy:
     def enabled(self) -> bool:
         return self.config.enabled
 
-    def attempt_timeout(self) -> tuple[float, float]:
-        """(connect, read) seconds for one attempt, each capped by the deadline in force."""
-        if not self.enabled:
-            return BASELINE_TIMEOUT, BASELINE_TIMEOUT
-        connect, read = self.config.timeout.connect, self.config.timeout.read
-        current = _current.get()
-        if current is not None:
-            left = current.check(self.name)
-            connect, read = min(connect, left), min(read, left)
-        return connect, read
-
     def call(
         self,
         fn: Callable[..., T],
         /,
-        *args: Any,
+        *,
+        idempotent: bool,
         fallback: Callable[[Exception], T] | None = None,
-        idempotent: bool = True,
-        **kwargs: Any,
+        args: tuple = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> T:
         """Call ``fn(*args, **kwargs)`` under this policy.
 
-        ``fallback(exc)`` answers instead when the call fails for any reason but a
-        ``BusinessError`` (or an exception the breaker ignores). ``idempotent=False`` allows
-        one attempt only.
+        ``idempotent`` has no default: ``True`` lets a failed attempt be retried, so ``fn`` may
+        run more than once; ``False`` allows one attempt only. ``fallback(exc)`` answers
+        instead when the call fails for any reason but a ``BusinessError`` (or an exception the
+        breaker ignores). ``fn``'s own arguments go in ``args`` and ``kwargs``, so that none of
+        its keywords is taken for one of the policy's (``threading.Thread`` does the same).
 
         Plain Python code cannot be interrupted: an attempt runs as long as ``fn`` does. What
         the policy can do, it does: an answer that comes after the deadline is refused with
@@ -109,7 +111,9 @@ class Policy:
         counts towards the breaker's slow-call rate. Code that does I/O can bound it itself
         with ``resilience.deadline.remaining()``, as ``ServiceClient`` does.
         """
-        return self.run(fn, args, kwargs, fallback=fallback, idempotent=idempotent, bounded=False)
+        return self.run(
+            fn, args, kwargs or {}, fallback=fallback, idempotent=idempotent, bounded=False
+        )
 
     def run(
         self,
@@ -117,8 +121,8 @@ class Policy:
         args: tuple,
         kwargs: dict,
         *,
+        idempotent: bool,
         fallback: Callable[[Exception], T] | None = None,
-        idempotent: bool = True,
         bounded: bool = True,
     ) -> T:
         """``call`` for an ``fn`` that bounds each attempt by the deadline itself (``bounded``),
@@ -142,7 +146,9 @@ class Policy:
             limit = expires if outer is None else min(expires, outer.expires_at)
             if not bulkhead.enter(min(bulkhead.max_wait, limit - start)):
                 stats.add(metrics.BULKHEAD_REJECTED)
-                return self._failed(bulkhead.full(), fallback, start)
+                full = bulkhead.full()
+                self._rejected("bulkhead_full", full)
+                return self._failed(full, fallback, start)
             self.retry_budget.record_call()
         try:
             if outer is None or outer.expires_at > expires:
@@ -168,8 +174,12 @@ class Policy:
             bulkhead.left_locked()
             counts = stats.counts
             counts[_BULKHEAD_PERMITTED] += 1
-            counts[breaker_slot] += 1
-            counts[_RETRY_OK[attempts > 1]] += 1
+            if breaker_slot >= 0:  # -1: a disabled breaker, which counts nothing
+                counts[breaker_slot] += 1
+            if attempts > 0:
+                counts[_RETRY_OK[attempts > 1]] += 1
+            else:  # RETRY_ON_RESULT wanted another attempt, and none was left
+                counts[_RETRY_GAVE_UP[attempts < -1]] += 1
             stats.durations[_SUCCESS][_bucket(elapsed)] += 1
             stats.duration_sums[_SUCCESS] += elapsed
         return result
@@ -184,12 +194,18 @@ class Policy:
             raise exc
         stats = self.stats
         stats.observe(metrics.FALLBACK, elapsed)
+        reason = metrics.reason(exc)
         with stats.lock:
-            stats.fallbacks[metrics.reason(exc)] += 1
+            stats.fallbacks[reason] += 1
+        signals.fallback.send_robust(Policy, policy=self.name, reason=reason, exception=exc)
         return fallback(exc)
 
+    def _rejected(self, reason: str, exc: Exception) -> None:
+        signals.rejected.send_robust(Policy, policy=self.name, reason=reason, exception=exc)
+
     def _attempts(self, fn, args, kwargs, expires: float, idempotent: bool, bounded: bool):
-        """(result, the breaker's outcome slot, attempts made), or the exception that ended it."""
+        """(result, the breaker's outcome slot, attempts made), or the exception that ended it.
+        Attempts are negative when the result is one ``RETRY_ON_RESULT`` still wanted retried."""
         clock = self.clock
         breaker = self.breaker
         stats = self.stats
@@ -206,9 +222,12 @@ class Policy:
                 )
             try:
                 permit = breaker.acquire()
-            except CircuitOpenError:
+            except CircuitOpenError as exc:
                 self._count_failure(attempt)
+                self._rejected("circuit_open", exc)
                 raise
+            if self.rate_limiter is not None and self._take_permit(permit, attempt, expires):
+                began = clock.now()  # the wait for a permit is not the dependency's time
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
@@ -235,6 +254,14 @@ class Policy:
                         self._count_failure(attempt)
                     raise
                 stats.add(metrics.RETRY_ATTEMPTS)
+                signals.retry.send_robust(
+                    Policy,
+                    policy=self.name,
+                    attempt=attempt,
+                    delay=delay,
+                    exception=exc,
+                    result=None,
+                )
                 clock.sleep(delay)
                 attempt += 1
                 continue
@@ -242,7 +269,36 @@ class Policy:
                 breaker.release(permit)
                 raise
             ended = clock.now()
-            slot = breaker.record(permit, SUCCESS, ended - began)
+            outcome = SUCCESS
+            if self._record_on_result is not None:
+                try:
+                    if self._record_on_result(result):
+                        outcome = FAILURE
+                except BaseException:
+                    breaker.release(permit)  # a broken predicate must not keep a trial permit
+                    raise
+            slot = breaker.record(permit, outcome, ended - began)
+            gave_up = False
+            if self._retry_on_result is not None and self._retry_on_result(result):
+                delay = self._next_delay(None, True, attempt, expires - ended, idempotent)
+                if delay is not None:
+                    if slot >= 0:
+                        stats.add(slot)
+                    stats.add(metrics.RETRY_ATTEMPTS)
+                    signals.retry.send_robust(
+                        Policy,
+                        policy=self.name,
+                        attempt=attempt,
+                        delay=delay,
+                        exception=None,
+                        result=result,
+                    )
+                    clock.sleep(delay)
+                    attempt += 1
+                    continue
+                # No attempt left for a better answer: the last one is the call's (as in
+                # resilience4j), and the call counts as failed.
+                gave_up = True
             if not bounded and ended > expires:
                 # Plain code answered after the deadline: the caller has stopped waiting.
                 if slot >= 0:
@@ -253,7 +309,33 @@ class Policy:
                     f"past the deadline",
                     policy=self.name,
                 )
-            return result, slot, attempt
+            return result, slot, -attempt if gave_up else attempt
+
+    def _take_permit(self, permit, attempt: int, expires: float) -> float:
+        """A permit of the rate limiter for this attempt, waiting for it within the deadline
+        (and leaving the attempt its minimum time): the seconds waited. ``RateLimitedError``
+        without one."""
+        limiter = self.rate_limiter
+        stats = self.stats
+        now = self.clock.now()
+        with stats.lock:
+            wait = limiter.reserve_locked(now, min(limiter.timeout, expires - now - self._least))
+            stats.counts[
+                metrics.RATE_LIMITER_REJECTED if wait is None else metrics.RATE_LIMITER_PERMITTED
+            ] += 1
+        if wait is None:
+            self.breaker.release(permit)
+            self._count_failure(attempt)
+            refused = limiter.refused()
+            self._rejected("rate_limited", refused)
+            raise refused
+        if wait > 0:
+            try:
+                self.clock.sleep(wait)
+            except BaseException:  # interrupted (KeyboardInterrupt, a gevent timeout)
+                self.breaker.release(permit)
+                raise
+        return wait
 
     def _count_failure(self, attempts: int, extra: int | None = None) -> None:
         stats = self.stats
@@ -264,7 +346,7 @@ class Policy:
                 counts[extra] += 1
 
     def _next_delay(
-        self, exc: Exception, transient: bool, attempt: int, left: float, idempotent: bool
+        self, exc: Exception | None, transient: bool, attempt: int, left: float, idempotent: bool
     ) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` when there must not be one."""
         cfg = self.config.retry
@@ -282,9 +364,11 @@ class Policy:
         return delay
 
     def reset(self) -> None:
-        """Forget all state: breaker closed and empty, retry budget full."""
+        """Forget all state: breaker closed and empty, retry budget and rate limiter full."""
         self.breaker.reset()
         self.retry_budget.reset()
+        if self.rate_limiter is not None:
+            self.rate_limiter.reset()
 
     def close(self) -> None:
         """Stop sharing breaker state (a policy that is thrown away)."""
