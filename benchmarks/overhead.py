@@ -3,8 +3,9 @@
     make bench            # or: .venv/bin/python benchmarks/overhead.py [--quick]
 
 1. Per-call cost on a function that does nothing, with metrics in gunicorn's multiprocess mode
-   (the mode the stack deploys with): bare call, our full policy, tenacity alone, pybreaker
-   alone; our policy with its breaker state in Redis, and with that Redis hung (SIGSTOP).
+   (the mode the stack deploys with): bare call, our full policy, the same with a rate limiter,
+   tenacity alone, pybreaker alone; our policy with its breaker state in Redis, and with that
+   Redis hung (SIGSTOP).
 2. Per-call cost of a real loopback HTTP call: a bare ``requests.Session`` vs ``ServiceClient``.
 3. Wall time of 50 concurrent 100 ms calls through our breaker vs ``pybreaker.CircuitBreaker.call``.
 
@@ -45,14 +46,15 @@ from resilience import conf, policies  # noqa: E402
 from resilience.breaker import CircuitBreaker  # noqa: E402
 from resilience.exceptions import CircuitOpenError  # noqa: E402
 from resilience.http import ServiceClient  # noqa: E402
-from resilience.policy import Policy  # noqa: E402
+from resilience.pipeline import Policy  # noqa: E402
 from resilience.storage import close_links  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 GOALS = {
-    "full policy / tenacity alone": 0.5,
-    "Redis state / memory state (closed breaker)": 1.5,
-    "ServiceClient / bare requests.Session": 1.10,
+    "full policy / tenacity alone": 0.40,
+    "Redis state / memory state (closed breaker)": 1.10,
+    "ServiceClient / bare requests.Session": 1.05,
+    "rate limiter permit, us over the policy": 1.0,
 }
 
 
@@ -89,11 +91,12 @@ def ratio(samples: dict[str, list[float]], numerator: str, denominator: str) -> 
     )
 
 
-def policy(storage=None, name="bench") -> Policy:
+def policy(storage=None, name="bench", **sections) -> Policy:
     raw = {
         name: {
             "CIRCUIT_BREAKER": {"STORAGE": storage},
             "BULKHEAD": {"MAX_CONCURRENT_CALLS": 100},
+            **sections,
         }
     }
     return Policy(
@@ -113,6 +116,8 @@ def table(title: str, rows: list[tuple], headers: tuple) -> None:
 
 def bench_function_overhead(calls: int, rounds: int, ratios: dict) -> None:
     memory = policy()
+    # A limit no run reaches: every call takes a permit, none waits.
+    limited = policy(name="bench_limited", RATE_LIMITER={"LIMIT_FOR_PERIOD": 10**9})
     plain_breaker = pybreaker.CircuitBreaker()
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_random_exponential(0.1, max=2)
@@ -128,11 +133,14 @@ def bench_function_overhead(calls: int, rounds: int, ratios: dict) -> None:
             hung.hang()
             variants = {
                 "bare function call": noop,
-                "resilience policy (memory state)": lambda: memory.call(noop),
+                "resilience policy (memory state)": lambda: memory.call(noop, idempotent=True),
+                "resilience policy + rate limiter": lambda: limited.call(noop, idempotent=True),
                 "tenacity.Retrying": lambda: retrying(noop),
                 "pybreaker.CircuitBreaker.call": lambda: plain_breaker.call(noop),
-                "resilience policy (Redis state)": lambda: shared.call(noop),
-                "resilience policy (Redis state, Redis hung)": lambda: shared_hung.call(noop),
+                "resilience policy (Redis state)": lambda: shared.call(noop, idempotent=True),
+                "resilience policy (Redis state, Redis hung)": lambda: shared_hung.call(
+                    noop, idempotent=True
+                ),
             }
             samples = interleaved(variants, calls, rounds)
         finally:
@@ -156,6 +164,10 @@ def bench_function_overhead(calls: int, rounds: int, ratios: dict) -> None:
     ratios["full policy / tenacity alone"] = ratio(samples, memory, "tenacity.Retrying")
     ratios["full policy / pybreaker alone"] = ratio(
         samples, memory, "pybreaker.CircuitBreaker.call"
+    )
+    ratios["rate limiter permit, us over the policy"] = statistics.median(
+        a - b
+        for a, b in zip(samples["resilience policy + rate limiter"], samples[memory], strict=True)
     )
     ratios["Redis state / memory state (closed breaker)"] = ratio(
         samples, "resilience policy (Redis state)", memory
@@ -181,7 +193,7 @@ def bench_hung_redis_transitions() -> None:
             for _ in range(30):  # 5 failures trip it; the rest are refused by the open breaker
                 start = time.perf_counter()
                 with contextlib.suppress(RuntimeError, CircuitOpenError):
-                    shared.call(fail)
+                    shared.call(fail, idempotent=True)
                 durations.append((time.perf_counter() - start) * 1000)
         finally:
             close_links()
