@@ -6,7 +6,7 @@ from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from resilience.exceptions import CircuitOpenError, ResilienceError
+from resilience.exceptions import CircuitOpenError, OverloadedError, ResilienceError
 from resilience.http import DEPENDENCY_HEADER
 
 logger = logging.getLogger("booking.errors")
@@ -37,6 +37,8 @@ def exception_handler(exc, context):
         logger.warning("dependency unavailable: %s", exc)
         dependency = exc.policy or "unknown"
         retry_after = 5 if isinstance(exc, CircuitOpenError) else 1
+        if isinstance(exc, OverloadedError) and exc.retry_after:
+            retry_after = max(1, int(exc.retry_after))  # the dependency's own word
         exc = DependencyUnavailable()
     response = drf_exception_handler(exc, context)
     if response is None:

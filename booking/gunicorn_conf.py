@@ -1,6 +1,7 @@
 """gunicorn settings shared by every service; what varies comes from the environment.
 
-Threaded workers (gthread), several processes per service, so that cross-process behaviour
+Threaded workers (gthread, with the queue stamp of resilience.gunicorn.ThreadWorker, which
+admission control reads), several processes per service, so that cross-process behaviour
 (breaker state, metrics, bulkheads per process) is real.
 """
 
@@ -8,7 +9,7 @@ import os
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-worker_class = "gthread"
+worker_class = "resilience.gunicorn.ThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # Above the longest deadline of any call into a service: gunicorn must never kill a worker
 # that is still inside its resilience budget.

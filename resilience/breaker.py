@@ -33,6 +33,7 @@ from resilience.exceptions import (
     BusinessError,
     CircuitOpenError,
     DeadlineExceededError,
+    OverloadedError,
     UpstreamStatusError,
 )
 from resilience.storage import (
@@ -213,7 +214,7 @@ class CircuitBreaker:
         self._listeners: list[Callable[[CircuitBreaker, str, str], None]] = []
         self.stats = metrics.stats_for(name)
         self.stats.breaker = self
-        metrics.set_state(name, CLOSED, changed=False)
+        metrics.set_state(name, CLOSED, changed=False)  # not a transition: dated before any
         self.state = build_state(
             config.storage,
             key=f"{namespace}:{name}:breaker",
@@ -349,8 +350,13 @@ class CircuitBreaker:
 
     def classify(self, exc: BaseException) -> str:
         """How an exception of the guarded call counts: ``"failure"`` or ``"ignored"``."""
-        if isinstance(exc, (BusinessError, DeadlineExceededError, *self.config.ignore_exceptions)):
-            return IGNORED  # the request's fault, or the caller's deadline: not the dependency's
+        if isinstance(
+            exc,
+            (BusinessError, DeadlineExceededError, OverloadedError, *self.config.ignore_exceptions),
+        ):
+            # The request's fault, the caller's deadline, or a dependency that sheds load to
+            # stay up: none of them is the dependency failing.
+            return IGNORED
         if isinstance(exc, UpstreamStatusError) and (exc.status_code or 500) < 500:
             return IGNORED  # a 429 is retried, but a 4xx never counts against the dependency
         return FAILURE

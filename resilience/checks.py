@@ -52,6 +52,14 @@ def check_services(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 
 @checks.register("resilience")
+def check_admission(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """``RESILIENCE_ADMISSION``: admission control of incoming requests."""
+    from resilience import admission
+
+    return [checks.Error(problem, id="resilience.E009") for problem in admission.validate()]
+
+
+@checks.register("resilience")
 def check_redis(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """``RESILIENCE_REDIS``: how processes talk to the Redis of shared breaker state."""
     return [checks.Error(problem.message, id=problem.id) for problem in conf.validate_redis()]

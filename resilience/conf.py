@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
         "LIMIT_REFRESH_PERIOD": 1.0,
         "TIMEOUT_DURATION": 0.0,
     },
+    # Client-side adaptive throttling (resilience.throttle): None turns it off.
+    "THROTTLE": {"K": 2.0},
 }
 COUNT_BASED, TIME_BASED = "COUNT_BASED", "TIME_BASED"
 SECTIONS = tuple(key for key, value in DEFAULTS.items() if isinstance(value, dict))
@@ -126,6 +128,7 @@ class PolicyConfig:
     circuit_breaker: BreakerConfig
     bulkhead: BulkheadConfig
     rate_limiter: RateLimiterConfig | None = None
+    throttle_k: float | None = 2.0
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,9 @@ def _check_values(name: str, cfg: dict) -> list[Problem]:
                 _predicate(value)
             except (ImportError, TypeError, ValueError) as exc:
                 bad(path, f"cannot use {value!r}: {exc}")
+    k = cfg["THROTTLE"]["K"]
+    if k is not None and not (_number(k) and k >= 1):
+        bad("THROTTLE.K", f"must be None (off) or a number >= 1, got {k!r}.")
     limiter = cfg["RATE_LIMITER"]
     limit = limiter["LIMIT_FOR_PERIOD"]
     if limit is not None:
@@ -509,6 +515,7 @@ def build_config(name: str, raw: dict | None = None) -> PolicyConfig:
             max_concurrent_calls=bulkhead["MAX_CONCURRENT_CALLS"],
             max_wait=float(bulkhead["MAX_WAIT"]),
         ),
+        throttle_k=None if cfg["THROTTLE"]["K"] is None else float(cfg["THROTTLE"]["K"]),
         rate_limiter=None
         if limiter["LIMIT_FOR_PERIOD"] is None
         else RateLimiterConfig(

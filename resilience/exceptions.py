@@ -45,6 +45,18 @@ class UpstreamTimeoutError(UpstreamError):
     """The dependency did not answer within the attempt's timeout."""
 
 
+class OverloadedError(UpstreamError):
+    """The dependency refused the call for overload (503 with ``X-Overloaded``), or this
+    process's adaptive throttle held the call back: never retried, never counted by the breaker."""
+
+    retryable = False
+
+    def __init__(self, message: str = "", *, policy=None, response=None, retry_after=None) -> None:
+        super().__init__(message, policy=policy)
+        self.response = response
+        self.retry_after = retry_after
+
+
 class UpstreamStatusError(UpstreamError):
     """The dependency answered with a 5xx, or a status listed in ``RETRY_ON_STATUS``."""
 

@@ -33,11 +33,13 @@ from urllib3.util.connection import allowed_gai_family
 
 from resilience import conf, policies
 from resilience import deadline as deadlines
+from resilience.admission import OVERLOAD_HEADER
 from resilience.clock import clock
 from resilience.conf import BASELINE_TIMEOUT
 from resilience.exceptions import (
     BusinessError,
     DeadlineExceededError,
+    OverloadedError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamStatusError,
@@ -67,6 +69,9 @@ WATCHDOG_MARGIN = 0.05
 # cannot be interrupted); a lookup beyond them waits for a slot within its connect time, so
 # that threads never pile up behind a name server that does not answer.
 MAX_LOOKUPS_IN_FLIGHT = 16
+# How far past the attempt's end a socket timeout already set may reach before a read sets it
+# again (setting it is a syscall; the watch shuts the socket down at the end anyway).
+SETTIMEOUT_SLACK = 0.01
 
 _local = threading.local()
 _lookups = threading.BoundedSemaphore(MAX_LOOKUPS_IN_FLIGHT)
@@ -420,6 +425,13 @@ class ServiceClient:
             error.retryable = False
             raise error from exc
         status = response.status_code
+        if status == 503 and OVERLOAD_HEADER in response.headers:
+            raise OverloadedError(
+                f"{method} {url}: refused for overload ({response.headers[OVERLOAD_HEADER]})",
+                policy=policy.name,
+                response=response,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
         retry_on = policy.config.retry.retry_on_status
         if 400 <= status < 500 and status not in retry_on:
             raise _ClientErrorAnswer(response)
@@ -455,7 +467,11 @@ def _read_body(response: requests.Response, until: float, policy: Policy, watch)
             if left <= 0:
                 raise UpstreamTimeoutError(late, policy=policy.name)
             if sock is not None:
-                sock.settimeout(left)
+                # A socket timeout is a syscall to set: leave one that ends at most
+                # SETTIMEOUT_SLACK after ``until`` (the watch ends the read at ``until``).
+                current = sock.gettimeout()
+                if current is None or current > left + SETTIMEOUT_SLACK or current < left:
+                    sock.settimeout(left)
             chunk = raw.read1(CHUNK, decode_content=True)
             if not chunk:
                 break

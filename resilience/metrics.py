@@ -31,8 +31,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 4.0
 breaker_state = Gauge(
     "resilience_circuitbreaker_state",
     "1 for the state the circuit breaker last moved to in any live worker process, 0 for the "
-    "others: with Redis storage the shared state, with memory storage the latest transition. "
-    "Building a policy is not a transition: absent until the first one.",
+    "others: with Redis storage the shared state, with memory storage the latest transition "
+    "(closed before any: a worker that starts never hides another's open breaker).",
     ["name", "state"],
     multiprocess_mode="livemostrecent",
 )
@@ -122,6 +122,36 @@ ratelimiter_available = Gauge(
     ["name"],
     multiprocess_mode="livesum",
 )
+admission_requests = Counter(
+    "resilience_admission_requests",
+    "Requests by admission outcome (admitted, shed_queue_time, shed_in_flight) and criticality "
+    "(critical, default, sheddable); health, metrics and chaos paths are not counted.",
+    ["criticality", "outcome"],
+)
+_admission_in_flight = None
+
+
+def admission_in_flight() -> Gauge:
+    """The gauge of requests admission control let in. Made at first use: a gauge without
+    labels writes its file as it is made, and at import the metrics directory may not exist
+    yet (a process no gunicorn started: the app's ready() makes it)."""
+    global _admission_in_flight
+    if _admission_in_flight is None:
+        _admission_in_flight = Gauge(
+            "resilience_admission_in_flight",
+            "Requests inside Django that admission control let in, summed over live worker "
+            "processes.",
+            multiprocess_mode="livesum",
+        )
+    return _admission_in_flight
+
+
+overload_refusals = Counter(
+    "resilience_overload_refusals",
+    "Calls refused for overload, by who refused: dependency (a 503 with X-Overloaded) or "
+    "throttle (held back here by adaptive throttling).",
+    ["name", "by"],
+)
 call_duration = Histogram(
     "resilience_call_duration_seconds",
     "Duration of whole policy calls (bulkhead to fallback), by outcome.",
@@ -173,7 +203,9 @@ storage_events = Counter(
     TIMEOUT_DEADLINE,
     RATE_LIMITER_PERMITTED,
     RATE_LIMITER_REJECTED,
-) = range(18)
+    OVERLOAD_BY_DEPENDENCY,
+    OVERLOAD_BY_THROTTLE,
+) = range(20)
 _SLOTS = (
     (bulkhead_calls, ("permitted",)),
     (bulkhead_calls, ("rejected",)),
@@ -193,6 +225,8 @@ _SLOTS = (
     (timeouts, ("deadline",)),
     (ratelimiter_calls, ("permitted",)),
     (ratelimiter_calls, ("rejected",)),
+    (overload_refusals, ("dependency",)),
+    (overload_refusals, ("throttle",)),
 )
 # Indexes of Stats.durations, by the outcome label of call_duration.
 OUTCOMES = ("success", "failure", "fallback", "ignored")
@@ -298,10 +332,22 @@ def stats_for(name: str) -> Stats:
     return stats
 
 
+_flush_hooks: list = []  # (flush, after_fork) of counts kept elsewhere (admission control)
+
+
+def register_flush(flush_fn, after_fork_fn) -> None:
+    """Have ``flush_fn()`` run at every flush, and ``after_fork_fn()`` in a child process."""
+    _flush_hooks.append((flush_fn, after_fork_fn))
+    with _stats_lock:
+        _ensure_flusher()
+
+
 def flush() -> None:
     """Add every count of this process to the Prometheus metrics now."""
     for stats in list(_stats.values()):
         stats.flush()
+    for flush_fn, _ in list(_flush_hooks):
+        flush_fn()
 
 
 def forget() -> None:
@@ -341,24 +387,35 @@ def _after_fork_in_child() -> None:
     _flusher_pid = None
     for stats in _stats.values():
         stats.after_fork()
-    if _stats:
+    for _, after_fork_fn in _flush_hooks:
+        after_fork_fn()
+    if _stats or _flush_hooks:
         _ensure_flusher()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# The time a breaker just built writes its state at in the merged gauge: before any real
+# transition (those are written at time.time()), so that "livemostrecent" shows the latest
+# transition of any worker, and the series is there before the first one.
+_BUILT = 1.0
+
+
 def set_state(name: str, state: str, *, changed: bool = True) -> None:
     """The breaker's state, for the state gauges (called on changes only, not per call).
 
-    ``changed=False`` (a breaker just built): this process's gauge only. The merged gauge
-    shows the latest transition; a worker that merely starts must not hide another's open
-    breaker behind its own "closed".
+    ``changed=False`` (a breaker just built): a worker that merely starts must not hide
+    another's open breaker behind its own "closed", so its merged-gauge samples are dated
+    ``_BUILT``, older than any transition (prometheus_client's value API, as in ``flush``;
+    pinned by tests/resilience/test_review.py).
     """
     for each in STATES:
         value = 1 if each == state else 0
         if changed:
             breaker_state.labels(name, each).set(value)
+        else:
+            breaker_state.labels(name, each)._value.set(float(value), timestamp=_BUILT)
         breaker_process_state.labels(name, each).set(value)
 
 
@@ -369,6 +426,7 @@ _REASONS = (
     (exceptions.BulkheadFullError, "bulkhead_full"),
     (exceptions.RateLimitedError, "rate_limited"),
     (exceptions.DeadlineExceededError, "deadline_exceeded"),
+    (exceptions.OverloadedError, "overloaded"),
     (exceptions.UpstreamTimeoutError, "upstream_timeout"),
     (exceptions.UpstreamConnectionError, "upstream_connection"),
     (exceptions.UpstreamStatusError, "upstream_status"),

@@ -21,11 +21,13 @@ from resilience.exceptions import (
     BusinessError,
     CircuitOpenError,
     DeadlineExceededError,
+    OverloadedError,
     UpstreamTimeoutError,
 )
 from resilience.ratelimiter import RateLimiter
 from resilience.retry import RetryBudget, backoff, is_transient
 from resilience.storage import LinkOptions
+from resilience.throttle import AdaptiveThrottle
 
 T = TypeVar("T")
 
@@ -73,6 +75,11 @@ class Policy:
             else RateLimiter(config.name, config.rate_limiter, clock=clock, lock=self.stats.lock)
         )
         self._rng = rng or random.Random()
+        self.throttle = (
+            None
+            if config.throttle_k is None
+            else AdaptiveThrottle(config.throttle_k, self.retry_budget, rng=self._rng)
+        )
         self._enabled = config.enabled
         self._deadline = config.deadline
         self._least = config.timeout.minimum_time_left
@@ -151,6 +158,9 @@ class Policy:
                 return self._failed(full, fallback, start)
             self.retry_budget.record_call()
         try:
+            throttle = self.throttle
+            if throttle is not None and int(start) - throttle.last_refusal < throttle.window:
+                self._hold_back(int(start))  # a dependency refused for overload lately
             if outer is None or outer.expires_at > expires:
                 token = _current.set(Deadline(expires, clock))
             else:
@@ -237,6 +247,8 @@ class Policy:
                     stats.add(slot)
                 if isinstance(exc, UpstreamTimeoutError):
                     stats.add(metrics.TIMEOUT_ATTEMPT)
+                elif isinstance(exc, OverloadedError):
+                    self._refused_for_overload(int(ended))
                 if isinstance(exc, DeadlineExceededError):
                     self._count_failure(attempt, metrics.TIMEOUT_DEADLINE)
                     raise
@@ -253,16 +265,7 @@ class Policy:
                     if not isinstance(exc, BusinessError):  # an answer, not a failed call
                         self._count_failure(attempt)
                     raise
-                stats.add(metrics.RETRY_ATTEMPTS)
-                signals.retry.send_robust(
-                    Policy,
-                    policy=self.name,
-                    attempt=attempt,
-                    delay=delay,
-                    exception=exc,
-                    result=None,
-                )
-                clock.sleep(delay)
+                self._before_retry(attempt, delay, exc, None)
                 attempt += 1
                 continue
             except BaseException:
@@ -284,16 +287,7 @@ class Policy:
                 if delay is not None:
                     if slot >= 0:
                         stats.add(slot)
-                    stats.add(metrics.RETRY_ATTEMPTS)
-                    signals.retry.send_robust(
-                        Policy,
-                        policy=self.name,
-                        attempt=attempt,
-                        delay=delay,
-                        exception=None,
-                        result=result,
-                    )
-                    clock.sleep(delay)
+                    self._before_retry(attempt, delay, None, result)
                     attempt += 1
                     continue
                 # No attempt left for a better answer: the last one is the call's (as in
@@ -310,6 +304,39 @@ class Policy:
                     policy=self.name,
                 )
             return result, slot, -attempt if gave_up else attempt
+
+    def _hold_back(self, second: int) -> None:
+        """Adaptive throttling: ``OverloadedError`` for a call held back here, else nothing."""
+        stats = self.stats
+        with stats.lock:
+            held = self.throttle.hold_back_locked(second)
+            if held:
+                stats.counts[metrics.OVERLOAD_BY_THROTTLE] += 1
+                probability = self.throttle.probability_locked(second)
+        if held:
+            self._count_failure(1)
+            exc = OverloadedError(
+                f"{self.name}: held back by adaptive throttling: the dependency refused calls "
+                f"for overload lately (now holding back {probability:.0%})",
+                policy=self.name,
+            )
+            self._rejected("throttled", exc)
+            raise exc
+
+    def _refused_for_overload(self, second: int) -> None:
+        stats = self.stats
+        with stats.lock:
+            stats.counts[metrics.OVERLOAD_BY_DEPENDENCY] += 1
+            if self.throttle is not None:
+                self.throttle.refused_locked(second)
+
+    def _before_retry(self, attempt: int, delay: float, exc: Exception | None, result) -> None:
+        """Count the retry, tell the signal's receivers, and wait the backoff."""
+        self.stats.add(metrics.RETRY_ATTEMPTS)
+        signals.retry.send_robust(
+            Policy, policy=self.name, attempt=attempt, delay=delay, exception=exc, result=result
+        )
+        self.clock.sleep(delay)
 
     def _take_permit(self, permit, attempt: int, expires: float) -> float:
         """A permit of the rate limiter for this attempt, waiting for it within the deadline
@@ -367,6 +394,9 @@ class Policy:
         """Forget all state: breaker closed and empty, retry budget and rate limiter full."""
         self.breaker.reset()
         self.retry_budget.reset()
+        if self.throttle is not None:
+            with self.stats.lock:
+                self.throttle.reset()
         if self.rate_limiter is not None:
             self.rate_limiter.reset()
 

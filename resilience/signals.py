@@ -10,7 +10,8 @@ sent with ``send_robust``: a receiver that raises is logged by Django and change
     raised, or ``None`` when ``RETRY_ON_RESULT`` asked for a retry) and ``result`` (then).
 ``rejected``
     The call or an attempt was refused before it ran. ``policy``, ``reason``
-    (``"circuit_open"``, ``"bulkhead_full"`` or ``"rate_limited"``), ``exception``.
+    (``"circuit_open"``, ``"bulkhead_full"``, ``"rate_limited"`` or ``"throttled"``),
+    ``exception``.
 ``fallback``
     The fallback is about to answer (sent before it runs, so also when it then raises).
     ``policy``, ``reason`` (the bounded label of ``resilience_fallback_calls_total``),

@@ -31,6 +31,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Refuses at once what the process cannot serve in time (off unless RESILIENCE_ADMISSION
+    # says ENABLED): before anything else spends time on the request.
+    "resilience.admission.AdmissionMiddleware",
     # First after the basics: a fault makes the whole service slow or failing, as a real one would.
     "chaos.middleware.ChaosMiddleware",
     "resilience.middleware.DeadlineMiddleware",

@@ -1,4 +1,4 @@
-"""Failure scenarios of the design notes, on a stack of their own (faults and open breakers
+"""Failure scenarios (docs/scenarios.md), on a stack of their own (faults and open breakers
 must not leak into other tests): break one service, assert what users see, what the policies
 did, and that nothing was lost."""
 

@@ -4,13 +4,10 @@ bulkhead wait outside the deadline, a late answer taken as a success, a per-proc
 
 import contextlib
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from django.test import RequestFactory, override_settings
@@ -22,8 +19,7 @@ from resilience.clock import VirtualClock
 from resilience.exceptions import CircuitOpenError, DeadlineExceededError, UpstreamStatusError
 from resilience.http import ServiceClient
 from resilience.middleware import DeadlineMiddleware
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.resilience import workers
 
 
 def wait_for(predicate, timeout=5.0):
@@ -165,27 +161,9 @@ import django; django.setup()
 from resilience import metrics
 metrics.set_state("payments", sys.argv[1])
 """
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
-        "DJANGO_SETTINGS_MODULE": "booking.settings.test",
-        "PYTHONPATH": str(ROOT),
-    }
     for state in ("open", "closed"):  # the second worker changed most recently
-        subprocess.run([sys.executable, "-c", worker, state], env=env, check=True, timeout=60)
-    reader = """
-import django; django.setup()
-from django.test import Client
-print(Client(HTTP_HOST="127.0.0.1").get("/metrics").content.decode())
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", reader],
-        env=env,
-        check=True,
-        timeout=60,
-        capture_output=True,
-        text=True,
-    ).stdout
+        workers.run_worker(tmp_path, worker, state)
+    out = workers.scrape(tmp_path)
     shown = [
         line.split('state="')[1].split('"')[0]
         for line in out.splitlines()

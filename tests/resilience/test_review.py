@@ -4,15 +4,9 @@ The Redis ones (half-open on Redis, the incarnation, a link that never comes up)
 test_redis_storage.py, beside the Redis they need.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from resilience import metrics, testing
 from resilience.exceptions import CircuitOpenError, UpstreamTimeoutError
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.resilience import workers
 
 
 def test_a_disabled_breaker_counts_its_successes_as_nothing(make_policy):
@@ -79,27 +73,9 @@ breaker = CircuitBreaker("payments", config.circuit_breaker)
 if sys.argv[1] == "trip":
     breaker.force_open()
 """
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
-        "DJANGO_SETTINGS_MODULE": "booking.settings.test",
-        "PYTHONPATH": str(ROOT),
-    }
     for action in ("trip", "start"):  # the second worker only builds its policy, later
-        subprocess.run([sys.executable, "-c", worker, action], env=env, check=True, timeout=60)
-    reader = """
-import django; django.setup()
-from django.test import Client
-print(Client(HTTP_HOST="127.0.0.1").get("/metrics").content.decode())
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", reader],
-        env=env,
-        check=True,
-        timeout=60,
-        capture_output=True,
-        text=True,
-    ).stdout
+        workers.run_worker(tmp_path, worker, action)
+    out = workers.scrape(tmp_path)
     shown = [
         line.split('state="')[1].split('"')[0]
         for line in out.splitlines()
@@ -107,6 +83,12 @@ print(Client(HTTP_HOST="127.0.0.1").get("/metrics").content.decode())
         and line.endswith(" 1.0")
     ]
     assert shown == ["open"]
+    # And the series is there before any transition: a worker that only started shows closed.
+    alone = tmp_path / "alone"
+    workers.run_worker(alone, worker, "start")
+    assert 'resilience_circuitbreaker_state{name="payments",state="closed"} 1.0' in workers.scrape(
+        alone
+    )
     per_process = sorted(
         line.split('state="')[1].split('"')[0]
         for line in out.splitlines()

@@ -1,4 +1,4 @@
-"""The failure scenarios of the design notes, runnable by hand and by the tests.
+"""The failure scenarios of docs/scenarios.md (the cascade of docs/design.md, and the rest), runnable by hand and by the tests.
 
 ``manage.py scenario run NAME [--compare]`` starts a fresh stack on free ports, drives a
 bounded load through the gateway, injects the scenario's fault through the real chaos API

@@ -1,4 +1,4 @@
-"""The scenarios of the design notes: what breaks, when, under which load, and what must hold
+"""The failure scenarios (docs/scenarios.md): what breaks, when, under which load, and what must hold
 with resilience on (the checks). ``docs/scenarios.md`` explains each one."""
 
 import math

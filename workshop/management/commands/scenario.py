@@ -11,7 +11,7 @@ from workshop.scenarios.catalog import SCENARIOS
 
 class Command(BaseCommand):
     help = (
-        "Run a failure scenario of the design notes on a fresh stack (or on the running one, "
+        "Run a failure scenario (docs/scenarios.md) on a fresh stack (or on the running one, "
         "to watch it in the control room): `scenario list`, "
         "`scenario run NAME [--compare | --on-stack] [--seed N] [--duration S]`."
     )
