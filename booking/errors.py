@@ -38,7 +38,7 @@ def exception_handler(exc, context):
         dependency = exc.policy or "unknown"
         retry_after = 5 if isinstance(exc, CircuitOpenError) else 1
         if isinstance(exc, OverloadedError) and exc.retry_after:
-            retry_after = max(1, int(exc.retry_after))  # the dependency's own word
+            retry_after = min(60, max(1, int(exc.retry_after)))  # the dependency's own word
         exc = DependencyUnavailable()
     response = drf_exception_handler(exc, context)
     if response is None:

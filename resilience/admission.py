@@ -21,6 +21,8 @@ the request (``X-Criticality``, trusted like the deadline header: not at the edg
 metrics, the chaos API) are never shed. A refusal costs a few microseconds of this process.
 """
 
+import contextvars
+import math
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +31,6 @@ from django.conf import settings
 from django.http import JsonResponse
 
 from resilience import conf, metrics
-from resilience.clock import clock
 
 SETTING = "RESILIENCE_ADMISSION"
 HEADER = "X-Criticality"
@@ -37,9 +38,9 @@ HEADER = "X-Criticality"
 # OverloadedError (never retried, never counted by its breaker, counted by its throttle).
 OVERLOAD_HEADER = "X-Overloaded"
 META_KEY = "HTTP_X_CRITICALITY"
-# The WSGI environ key where resilience.gunicorn.ThreadWorker puts when the request was queued
-# for a thread (time.monotonic(), the clock of resilience.clock outside tests).
-QUEUED_AT = "resilience.queued_at"
+# The WSGI environ key where resilience.gunicorn.ThreadWorker puts the seconds the request
+# waited in gunicorn's queue for a thread (not the time its client took to send it).
+QUEUE_WAIT = "resilience.queue_wait"
 
 CRITICAL, DEFAULT, SHEDDABLE = "critical", "default", "sheddable"
 CRITICALITIES = (CRITICAL, DEFAULT, SHEDDABLE)
@@ -109,7 +110,16 @@ def validate(value: dict | None = None) -> list[str]:
         )
     elif not all(conf._number(v) and v > 0 for v in waits.values()):
         problems.append(f"{SETTING}['MAX_QUEUE_TIME'] values must be seconds > 0, got {waits!r}.")
-    for rule in cfg["RULES"]:
+    paths = cfg["EXEMPT_PATHS"]
+    if not (isinstance(paths, list | tuple) and all(isinstance(p, str) and p for p in paths)):
+        problems.append(
+            f"{SETTING}['EXEMPT_PATHS'] must be a list of path prefixes, got {paths!r}."
+        )
+    rules = cfg["RULES"]
+    if not isinstance(rules, list | tuple):
+        problems.append(f"{SETTING}['RULES'] must be a list of rules, got {rules!r}.")
+        rules = []
+    for rule in rules:
         if not (
             isinstance(rule, list | tuple)
             and len(rule) == 3
@@ -124,7 +134,10 @@ def validate(value: dict | None = None) -> list[str]:
         problems.append(
             f"{SETTING}['DEFAULT_CRITICALITY'] must be one of {', '.join(CRITICALITIES)}."
         )
-    if not (isinstance(cfg["RETRY_AFTER"], int) and cfg["RETRY_AFTER"] >= 0):
+    retry_after = cfg["RETRY_AFTER"]
+    if not (
+        isinstance(retry_after, int) and not isinstance(retry_after, bool) and retry_after >= 0
+    ):
         problems.append(f"{SETTING}['RETRY_AFTER'] must be whole seconds >= 0.")
     return problems
 
@@ -168,6 +181,12 @@ class _Counts:
 counts = _Counts()
 _registered = False
 
+# The criticality of the request this thread serves, for ServiceClient to pass on
+# (X-Criticality): an order's calls to payments and inventory are critical too.
+current_criticality: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "resilience_criticality", default=None
+)
+
 
 class AdmissionMiddleware:
     """Put it first: a refusal must cost nothing but this check (after the security basics)."""
@@ -178,6 +197,16 @@ class AdmissionMiddleware:
         self.config = build()
         # Read once, like the rest of the settings here (a settings lookup costs a microsecond).
         self.trust_header = conf.trust_deadline_header()
+        # In-flight room by criticality: all of MAX_IN_FLIGHT for critical requests; the
+        # reserve (whole slots, at least one) less for default ones, twice that for sheddable
+        # ones (browsing is shed first), never below one slot.
+        limit = self.config.max_in_flight or 0
+        reserve = math.ceil(limit * self.config.critical_reserve) if limit else 0
+        self.room = {
+            CRITICAL: limit,
+            DEFAULT: max(1, limit - reserve),
+            SHEDDABLE: max(1, limit - 2 * reserve),
+        }
         if not _registered:
             _registered = True
             metrics.register_flush(counts.flush, counts.after_fork)
@@ -200,15 +229,14 @@ class AdmissionMiddleware:
             return self.get_response(request)
         level = self.criticality(request)
         request.criticality = level
-        queued_at = request.META.get(QUEUED_AT)
-        if queued_at is not None and clock.now() - queued_at > config.max_queue_time[level]:
-            return self._refuse(level, SHED_QUEUE, clock.now() - queued_at)
+        waited = request.META.get(QUEUE_WAIT)
+        if waited is not None and waited > config.max_queue_time[level]:
+            return self._refuse(level, SHED_QUEUE, waited)
         limit = config.max_in_flight
         state = counts
         with state.lock:
             if limit is not None:
-                room = limit if level == CRITICAL else limit * (1 - config.critical_reserve)
-                if state.in_flight >= room:
+                if state.in_flight >= self.room[level]:
                     state.tally[(level, SHED_IN_FLIGHT)] += 1
                     admitted = False
                 else:
@@ -219,10 +247,12 @@ class AdmissionMiddleware:
                 state.in_flight += 1
                 state.tally[(level, ADMITTED)] += 1
         if not admitted:
-            return self._answer(level, f"{limit} requests in flight")
+            return self._answer(level, f"{state.in_flight} of {limit} requests in flight")
+        token = current_criticality.set(level)
         try:
             return self.get_response(request)
         finally:
+            current_criticality.reset(token)
             with state.lock:
                 state.in_flight -= 1
 

@@ -33,7 +33,8 @@ from urllib3.util.connection import allowed_gai_family
 
 from resilience import conf, policies
 from resilience import deadline as deadlines
-from resilience.admission import OVERLOAD_HEADER
+from resilience.admission import HEADER as CRITICALITY_HEADER
+from resilience.admission import OVERLOAD_HEADER, current_criticality
 from resilience.clock import clock
 from resilience.conf import BASELINE_TIMEOUT
 from resilience.exceptions import (
@@ -322,6 +323,9 @@ class ServiceClient:
     ) -> requests.Response:
         method = method.upper()
         headers = {**_DEFAULT_HEADERS, **headers} if headers else dict(_DEFAULT_HEADERS)
+        criticality = current_criticality.get()
+        if criticality is not None:  # the request being served: its calls are as critical
+            headers.setdefault(CRITICALITY_HEADER, criticality)
         if idempotency_key is not None:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
         policy = self.policy

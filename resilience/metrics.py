@@ -136,13 +136,14 @@ def admission_in_flight() -> Gauge:
     labels writes its file as it is made, and at import the metrics directory may not exist
     yet (a process no gunicorn started: the app's ready() makes it)."""
     global _admission_in_flight
-    if _admission_in_flight is None:
-        _admission_in_flight = Gauge(
-            "resilience_admission_in_flight",
-            "Requests inside Django that admission control let in, summed over live worker "
-            "processes.",
-            multiprocess_mode="livesum",
-        )
+    with _stats_lock:
+        if _admission_in_flight is None:
+            _admission_in_flight = Gauge(
+                "resilience_admission_in_flight",
+                "Requests inside Django that admission control let in, summed over live worker "
+                "processes.",
+                multiprocess_mode="livesum",
+            )
     return _admission_in_flight
 
 
@@ -255,6 +256,7 @@ class Stats:
         self.breaker = None  # .gauge_values() -> (failure rate, slow-call rate)
         self.budget = None  # the retry budget of the policy
         self.rate_limiter = None  # .available
+        self.throttle = None  # adaptive throttling: its refusals are the parent's, not ours
 
     bucket = staticmethod(lambda seconds: bisect.bisect_left(_BOUNDS, seconds))
 
@@ -276,6 +278,8 @@ class Stats:
                 part.after_fork(self.lock)
         if self.breaker is not None:
             self.breaker.after_fork()
+        if self.throttle is not None:
+            self.throttle.reset()
 
     def take(self):
         """Everything counted since the last take, and zero again."""

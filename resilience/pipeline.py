@@ -80,6 +80,7 @@ class Policy:
             if config.throttle_k is None
             else AdaptiveThrottle(config.throttle_k, self.retry_budget, rng=self._rng)
         )
+        self.stats.throttle = self.throttle
         self._enabled = config.enabled
         self._deadline = config.deadline
         self._least = config.timeout.minimum_time_left
@@ -248,7 +249,9 @@ class Policy:
                 if isinstance(exc, UpstreamTimeoutError):
                     stats.add(metrics.TIMEOUT_ATTEMPT)
                 elif isinstance(exc, OverloadedError):
-                    self._refused_for_overload(int(ended))
+                    # In the second the attempt began, where its call was counted: a refusal
+                    # counted a second later would outlive its request in the window.
+                    self._refused_for_overload(int(began))
                 if isinstance(exc, DeadlineExceededError):
                     self._count_failure(attempt, metrics.TIMEOUT_DEADLINE)
                     raise

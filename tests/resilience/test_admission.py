@@ -19,7 +19,6 @@ from django.test import RequestFactory, override_settings
 
 from resilience import admission, policies, testing
 from resilience import gunicorn as resilience_gunicorn
-from resilience.clock import clock
 from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,9 +33,10 @@ def middleware(view=None, **settings):
         return admission.AdmissionMiddleware(view or (lambda request: HttpResponse("served")))
 
 
-def queued(seconds_ago: float, path="/api/shows/", method="get", **extra):
+def queued(seconds: float, path="/api/shows/", method="get", **extra):
+    """A request that waited ``seconds`` in gunicorn's queue for a thread."""
     request = getattr(RequestFactory(), method)(path, **extra)
-    request.META[admission.QUEUED_AT] = clock.now() - seconds_ago
+    request.META[admission.QUEUE_WAIT] = seconds
     return request
 
 
@@ -96,18 +96,25 @@ def test_in_flight_over_the_limit_is_refused_and_the_reserve_is_kept_for_critica
         return HttpResponse("served")
 
     gate = middleware(view, MAX_IN_FLIGHT=4, CRITICAL_RESERVE=0.25)
+    assert gate.room == {"critical": 4, "default": 3, "sheddable": 2}
+    deadline = time.monotonic() + 5
+
+    def until_inside(n):
+        while len(inside) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     with ThreadPoolExecutor(max_workers=6) as pool:
-        browsing = [pool.submit(gate, queued(0, "/api/shows/")) for _ in range(3)]
-        deadline = time.monotonic() + 5
-        while len(inside) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert gate(queued(0, "/api/shows/")).status_code == 503  # 3 of 4: the rest is reserved
-        order = pool.submit(gate, queued(0, "/api/orders/", "post"))
-        while len(inside) < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert gate(queued(0, "/api/orders/", "post")).status_code == 503  # 4 of 4
+        admitted = [pool.submit(gate, queued(0, "/api/shows/")) for _ in range(2)]
+        until_inside(2)
+        assert gate(queued(0, "/api/shows/")).status_code == 503  # browsing: 2 of 4
+        admitted.append(pool.submit(gate, queued(0, "/elsewhere/")))
+        until_inside(3)
+        assert gate(queued(0, "/elsewhere/")).status_code == 503  # default: 3 of 4
+        admitted.append(pool.submit(gate, queued(0, "/api/orders/", "post")))
+        until_inside(4)
+        assert gate(queued(0, "/api/orders/", "post")).status_code == 503  # critical: 4 of 4
         release.set()
-        assert [f.result().status_code for f in [*browsing, order]] == [200] * 4
+        assert [f.result().status_code for f in admitted] == [200] * 4
     assert admission.counts.in_flight == 0
     assert gate(queued(0, "/api/shows/")).content == b"served"
 
@@ -121,7 +128,7 @@ def test_the_checks_name_a_wrong_key_or_value(settings):
 
 
 def test_the_worker_and_the_middleware_agree_on_the_environ_key():
-    assert resilience_gunicorn.QUEUED_AT == admission.QUEUED_AT
+    assert resilience_gunicorn.QUEUE_WAIT == admission.QUEUE_WAIT
 
 
 # -- behind real gunicorn --------------------------------------------------------------------
@@ -309,3 +316,81 @@ def test_adaptive_throttling_holds_nothing_back_while_half_the_calls_are_accepte
     for _ in range(50):
         policy_off.call(refusing(reached_off), idempotent=True, fallback=lambda exc: None)
     assert len(reached_off) == 50  # off: every call reaches the dependency
+
+
+# -- found in review ----------------------------------------------------------------------------
+
+
+def test_a_slow_client_is_not_taken_for_a_long_queue():
+    """The stamp was taken at accept: the time a client took to send its request counted as
+    queue time, and an idle server refused a request sent 0.4 s after connecting (and a
+    critical one sent after 2.3 s)."""
+    import socket
+
+    process, url = serve("resilience.gunicorn.ThreadWorker", "on")
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        answers = []
+        for delay, request in (
+            (0.4, b"GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+            (0.6, b"GET /work HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                time.sleep(delay)  # connected, then slow to send: a client's time, not a queue
+                sock.sendall(request)
+                answers.append(sock.recv(100).split(b"\r\n")[0])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+    assert answers == [b"HTTP/1.1 200 OK"] * 2
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ({"EXEMPT_PATHS": "/health/"}, "EXEMPT_PATHS"),
+        ({"EXEMPT_PATHS": None}, "EXEMPT_PATHS"),
+        ({"EXEMPT_PATHS": [1]}, "EXEMPT_PATHS"),
+        ({"RULES": None}, "RULES"),
+        ({"RETRY_AFTER": True}, "RETRY_AFTER"),
+        ({"MAX_IN_FLIGHT": 0}, "MAX_IN_FLIGHT"),
+    ],
+)
+def test_the_checks_refuse_what_would_break_the_middleware(value, words):
+    problems = admission.validate(value)
+    assert len(problems) == 1 and words in problems[0]
+
+
+def test_a_request_s_calls_carry_its_criticality_to_the_next_service(make_policy, upstream):
+    from resilience.http import ServiceClient
+
+    make_policy()
+    token = admission.current_criticality.set("critical")
+    try:
+        echoed = ServiceClient("upstream").get("/echo").json()
+    finally:
+        admission.current_criticality.reset(token)
+    assert echoed["headers"].get(admission.HEADER) == "critical"
+    assert admission.HEADER not in ServiceClient("upstream").get("/echo").json()["headers"]
+
+
+def test_a_refusal_counts_in_the_second_its_call_was_counted(make_policy, resilience_test_mode):
+    """A refusal that came back in the next second outlived its request in the window: one
+    refusal then held back half the calls of a caller that calls once in a while."""
+    from resilience.exceptions import OverloadedError
+
+    clock = resilience_test_mode
+    policy = make_policy(RETRY={"MAX_ATTEMPTS": 1, "BUDGET_WINDOW": 10.0})
+    clock.advance(1.0 - clock.now() % 1.0 - 0.001)  # a millisecond before a second's end
+
+    def refused_in_the_next_second():
+        clock.advance(0.01)
+        raise OverloadedError("over capacity")
+
+    with pytest.raises(OverloadedError):
+        policy.call(refused_in_the_next_second, idempotent=True)
+    clock.advance(9.5)  # the call has left the window; the refusal must have too
+    with policy.stats.lock:  # the next call, counted as the policy counts it: never held back
+        second = int(clock.now())
+        policy.retry_budget.record_call_locked(second)
+        assert policy.throttle.probability_locked(second) == 0.0
