@@ -220,14 +220,15 @@ class Nemesis:
 
     # -- the worst moments -------------------------------------------------------------------------
 
-    def _wait_for(self, predicate, timeout: float):
-        """The predicate's first true value within ``timeout`` (None: not, or halted).
+    def _wait_for(self, predicate, timeout: float, *, through_halt: bool = False):
+        """The predicate's first true value within ``timeout`` (None: not, or halted, unless
+        ``through_halt``: a pause already begun runs its course when the load ends).
 
         A SQLite database locked by a process paused inside a commit is "not yet": every writer
         of that service waits for it too. (Raised, it ended a pause mid-task after the 5 s busy
         timeout, short of an 8 s lease, and the pause was counted as past its lease.)"""
         end = time.monotonic() + timeout
-        while time.monotonic() < end and not self._halt.is_set():
+        while time.monotonic() < end and (through_halt or not self._halt.is_set()):
             try:
                 value = predicate()
             except sqlite3.OperationalError as exc:
@@ -315,8 +316,11 @@ class Nemesis:
                 return "stuck" if time.monotonic() - since > lease + 1.0 else None
             return rows[0][0] != "RUNNING"
 
+        # Once begun, the pause runs past its lease even if the load ends meanwhile: cut short
+        # at the end of the run (a moment that came late, after a long wait for a charge), it
+        # was neither past its lease nor reaped, and the run failed its schedule check.
         try:
-            reaped = self._wait_for(reaped_or_stuck, timeout=lease + 20.0)
+            reaped = self._wait_for(reaped_or_stuck, timeout=lease + 20.0, through_halt=True)
             if reaped == "stuck":
                 reaped = False
                 self._log(f"{program} holds the orders database's lock: nobody can reap")
@@ -332,10 +336,11 @@ class Nemesis:
                     )
                 ),
                 timeout=3.0,  # the reconciler queues it right after the reap, if at all
+                through_halt=True,
             )
             left = lease + 1.0 - (time.monotonic() - since)
             if left > 0:  # past its lease in any case, reaped or not (a lone worker is not)
-                self._halt.wait(left)
+                time.sleep(left)
         finally:
             resumed = self.stack.resume(pid)
         took = time.monotonic() - since
