@@ -160,7 +160,7 @@ class Policy:
             self.retry_budget.record_call()
         try:
             throttle = self.throttle
-            if throttle is not None and int(start) - throttle.last_refusal < throttle.window:
+            if throttle is not None and int(start) - throttle.last_refusal < throttle.window_seconds:
                 self._hold_back(int(start))  # a dependency refused for overload lately
             if outer is None or outer.expires_at > expires:
                 token = _current.set(Deadline(expires, clock))
@@ -346,13 +346,7 @@ class Policy:
         (and leaving the attempt its minimum time): the seconds waited. ``RateLimitedError``
         without one."""
         limiter = self.rate_limiter
-        stats = self.stats
-        now = self.clock.now()
-        with stats.lock:
-            wait = limiter.reserve_locked(now, min(limiter.timeout, expires - now - self._least))
-            stats.counts[
-                metrics.RATE_LIMITER_REJECTED if wait is None else metrics.RATE_LIMITER_PERMITTED
-            ] += 1
+        wait = limiter.reserve(min(limiter.timeout, expires - self.clock.now() - self._least))
         if wait is None:
             self.breaker.release(permit)
             self._count_failure(attempt)

@@ -74,17 +74,19 @@ class RateLimiter:
         self._permits -= 1
         return wait
 
+    def reserve(self, max_wait: float) -> float | None:
+        """``reserve_locked`` now, under the lock, with its outcome counted."""
+        with self._lock:
+            wait = self.reserve_locked(self.clock.now(), max_wait)
+            self.stats.counts[
+                metrics.RATE_LIMITER_REJECTED if wait is None else metrics.RATE_LIMITER_PERMITTED
+            ] += 1
+        return wait
+
     def acquire(self, timeout: float | None = None) -> None:
         """Take a permit, waiting up to ``timeout`` (``TIMEOUT_DURATION`` by default) for one;
         ``RateLimitedError`` if none can come in that time. For use outside a policy."""
-        stats = self.stats
-        with self._lock:
-            wait = self.reserve_locked(
-                self.clock.now(), self.timeout if timeout is None else timeout
-            )
-            stats.counts[
-                metrics.RATE_LIMITER_REJECTED if wait is None else metrics.RATE_LIMITER_PERMITTED
-            ] += 1
+        wait = self.reserve(self.timeout if timeout is None else timeout)
         if wait is None:
             raise self.refused()
         if wait > 0:

@@ -27,12 +27,15 @@ class AdaptiveThrottle:
     def __init__(self, k: float, budget: RetryBudget, rng: random.Random | None = None) -> None:
         self.k = k
         self._budget = budget  # its buckets count the calls; its lock guards both
-        self._n = budget._n
-        self.window = self._n  # seconds a refusal keeps the throttle looking
+        self._n = budget._n  # seconds a refusal keeps the throttle looking: the budget's window
         self._seconds = [-1] * self._n
         self._refusals = [0] * self._n
         self.last_refusal = -math.inf  # the second of the latest refusal (the budget's clock)
         self._rng = rng or random.Random()
+
+    @property
+    def window_seconds(self) -> int:
+        return self._n
 
     def _refusals_in_window(self, second: int) -> int:
         oldest = second - self._n
